@@ -1,0 +1,181 @@
+"""Write a bundle: export graphs, pass the parity gate, record everything, then publish atomically.
+
+All work happens in a temporary sibling directory; only a bundle that passed the gate and
+re-loads cleanly is renamed into place, so a failed export leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata
+import logging
+import platform
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from edgevla.export.checkpoint import ReferencePolicy
+from edgevla.export.onnx_export import export_graph, model_at_precision
+from edgevla.export.parity import ParityError, failures, run_parity_gate
+from edgevla.runtime.backend import CPU, BackendConfig, OnnxRuntimeBackend
+from edgevla.runtime.bundle import load_bundle, sha256_file
+from edgevla.runtime.errors import EdgeVlaError
+from edgevla.runtime.manifest import (
+    MANIFEST_NAME,
+    SCHEMA_VERSION,
+    FileEntry,
+    GraphEntry,
+    Manifest,
+    Sampling,
+    TensorEntry,
+    TokenizerEntry,
+    encode_manifest,
+)
+from edgevla.runtime.model_config import graph_specs
+
+log = logging.getLogger(__name__)
+
+TOKENIZER_FILE = "tokenizer.json"
+_VERSIONED = (
+    "edgevla",
+    "torch",
+    "onnx",
+    "onnxscript",
+    "onnxruntime",
+    "numpy",
+    "tokenizers",
+    "safetensors",
+    "msgspec",
+)
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    precision: str = "fp32"
+    candidates: int = 5
+    denoise_steps: int = 10
+    start_time_min: float = 0.9
+    start_time_max: float = 1.0
+    noise_temperature: float = 1.0
+    s1_steps: int = 3
+    s1_theta: float = 0.5
+    parity_observations: int = 3
+    parity_seed: int = 0
+    opset: int | None = None
+
+    def sampling(self) -> Sampling:
+        return Sampling(
+            candidates=self.candidates,
+            denoise_steps=self.denoise_steps,
+            start_time_min=self.start_time_min,
+            start_time_max=self.start_time_max,
+            noise_temperature=self.noise_temperature,
+            s1_steps=self.s1_steps,
+            s1_theta=self.s1_theta,
+        )
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _publish(staging: Path, out: Path, overwrite: bool) -> None:
+    if not out.exists():
+        staging.rename(out)
+        return
+    if not overwrite:
+        raise EdgeVlaError(f"{out} already exists; pass --overwrite to replace it")
+    retired = out.with_name(f".{out.name}.old")
+    shutil.rmtree(retired, ignore_errors=True)
+    out.rename(retired)
+    staging.rename(out)
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+def export_bundle(
+    policy: ReferencePolicy,
+    out: Path,
+    options: ExportOptions = ExportOptions(),
+    overwrite: bool = False,
+    on_progress: Callable[[str], None] = lambda _: None,
+) -> Manifest:
+    """Export `policy` to a verified bundle at `out`; on any failure nothing is left behind."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise EdgeVlaError(f"{out} already exists; pass --overwrite to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cfg = policy.config
+    specs = graph_specs(cfg, options.candidates, options.precision)
+    sampling = options.sampling()
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        model = model_at_precision(policy.model, options.precision)
+        for name, spec in specs.items():
+            on_progress(f"exporting graph {name} ({options.precision})")
+            export_graph(model, spec, options.precision, staging / f"{name}.onnx", options.opset)
+        policy.tokenizer.save(str(staging / TOKENIZER_FILE))
+
+        on_progress("parity gate")
+        backend = OnnxRuntimeBackend(
+            {name: staging / f"{name}.onnx" for name in specs},
+            specs,
+            BackendConfig(providers=(CPU,), warmup_runs=0),
+            precision=options.precision,
+        )
+        report = run_parity_gate(
+            policy,
+            backend,
+            options.precision,
+            sampling,
+            options.parity_observations,
+            options.parity_seed,
+            on_progress,
+        )
+        if not report.passed:
+            raise ParityError(
+                f"parity gate failed at {options.precision}; no bundle written:\n  "
+                + "\n  ".join(failures(report))
+            )
+
+        files = {
+            p.name: FileEntry(sha256=sha256_file(p), bytes=p.stat().st_size)
+            for p in sorted(staging.iterdir())
+        }
+        manifest = Manifest(
+            schema_version=SCHEMA_VERSION,
+            created_utc=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            model=cfg.to_dict(),
+            action_space=policy.action_space,
+            normalization=policy.normalization,
+            tokenizer=TokenizerEntry(file=TOKENIZER_FILE, max_tokens=cfg.max_instruction_tokens),
+            sampling=sampling,
+            precision=options.precision,
+            graphs={
+                name: GraphEntry(
+                    file=f"{name}.onnx",
+                    inputs=[TensorEntry(t.name, list(t.shape), t.dtype) for t in spec.inputs],
+                    outputs=[TensorEntry(t.name, list(t.shape), t.dtype) for t in spec.outputs],
+                )
+                for name, spec in specs.items()
+            },
+            files=files,
+            export_options={**asdict(options), "origin": policy.origin},
+            library_versions=library_versions(),
+            parity=report,
+        )
+        (staging / MANIFEST_NAME).write_bytes(encode_manifest(manifest))
+        load_bundle(staging)  # the bundle must pass the same checks the robot will apply
+        _publish(staging, out, overwrite)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log.info("bundle written to %s", out)
+    return manifest

@@ -1,0 +1,169 @@
+"""Export the four graphs of a reference model to ONNX at static shapes.
+
+Each graph is a thin module around one entry point of `DualSystemVLA` whose inputs and outputs
+are exactly the signature `edgevla.runtime.model_config.graph_specs` declares; the written
+file is checked against that signature before anything else uses it.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import logging
+import warnings
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from edgevla.export.reference import DualSystemVLA
+from edgevla.runtime.errors import EdgeVlaError
+from edgevla.runtime.model_config import GraphSpec, TensorSpec, cache_dtype
+from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
+
+_ONNX_DTYPES = {
+    onnx.TensorProto.FLOAT: "float32",
+    onnx.TensorProto.FLOAT16: "float16",
+    onnx.TensorProto.INT64: "int64",
+    onnx.TensorProto.UINT8: "uint8",
+    onnx.TensorProto.BOOL: "bool",
+}
+
+
+class ExportError(EdgeVlaError):
+    """A graph could not be exported, or came out with the wrong signature."""
+
+
+class PrefixGraph(nn.Module):
+    def __init__(self, model: DualSystemVLA, kv_dtype: torch.dtype) -> None:
+        super().__init__()
+        self.model, self.kv_dtype = model, kv_dtype
+
+    def forward(
+        self, images: Tensor, instruction_ids: Tensor, instruction_mask: Tensor, state: Tensor
+    ) -> tuple[Tensor, ...]:
+        k, v, mask, summary, scores = self.model.encode_prefix(
+            images, instruction_ids, instruction_mask, state
+        )
+        return k.to(self.kv_dtype), v.to(self.kv_dtype), mask, summary, scores
+
+
+class ExpertStepGraph(nn.Module):
+    def __init__(self, model: DualSystemVLA) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self,
+        prefix_k: Tensor,
+        prefix_v: Tensor,
+        prefix_mask: Tensor,
+        noisy_actions: Tensor,
+        time: Tensor,
+    ) -> Tensor:
+        return self.model.expert_velocity(prefix_k, prefix_v, prefix_mask, noisy_actions, time)
+
+
+class ValueGraph(nn.Module):
+    def __init__(self, model: DualSystemVLA) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, value_summary: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
+        return self.model.value(value_summary, actions)
+
+
+class System1Graph(nn.Module):
+    def __init__(self, model: DualSystemVLA) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: Tensor, state: Tensor, noisy_actions: Tensor, time: Tensor) -> Tensor:
+        return self.model.system1_velocity(images, state, noisy_actions, time)
+
+
+def model_at_precision(model: DualSystemVLA, precision: str) -> DualSystemVLA:
+    if precision == "fp32":
+        return model
+    return copy.deepcopy(model).half().eval()
+
+
+def graph_module(model: DualSystemVLA, graph: str, precision: str) -> nn.Module:
+    kv = torch.float16 if cache_dtype(precision) == "float16" else torch.float32
+    modules = {
+        "prefix": lambda: PrefixGraph(model, kv),
+        "expert_step": lambda: ExpertStepGraph(model),
+        "value": lambda: ValueGraph(model),
+        "system1": lambda: System1Graph(model),
+    }
+    return modules[graph]().eval()
+
+
+def example_tensor(spec: TensorSpec, rng: np.random.Generator, vocab_size: int) -> Tensor:
+    """A valid random value for `spec` (masks all-True, ids inside the vocabulary)."""
+    if spec.dtype == "uint8":
+        array = rng.integers(0, 256, spec.shape, dtype=np.uint8)
+    elif spec.dtype == "int64":
+        array = rng.integers(2, vocab_size, spec.shape, dtype=np.int64)
+    elif spec.dtype == "bool":
+        array = np.ones(spec.shape, dtype=bool)
+    elif spec.name == "time":
+        array = rng.uniform(0.05, 1.0, spec.shape).astype(np.float32)
+    else:
+        array = rng.standard_normal(spec.shape).astype(spec.dtype)
+    return torch.from_numpy(array)
+
+
+def onnx_signature(model: onnx.ModelProto) -> dict[str, list[TensorSpec]]:
+    def specs(values: list[onnx.ValueInfoProto]) -> list[TensorSpec]:
+        out = []
+        for v in values:
+            t = v.type.tensor_type
+            shape = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim)
+            out.append(TensorSpec(v.name, shape, _ONNX_DTYPES.get(t.elem_type, str(t.elem_type))))
+        return out
+
+    return {"inputs": specs(list(model.graph.input)), "outputs": specs(list(model.graph.output))}
+
+
+def export_graph(
+    model: DualSystemVLA,
+    spec: GraphSpec,
+    precision: str,
+    path: Path,
+    opset: int | None = None,
+) -> None:
+    """Trace `spec.name` of `model` (already at `precision`) into `path` and check its signature."""
+    module = graph_module(model, spec.name, precision)
+    rng = np.random.default_rng(0)
+    args = tuple(example_tensor(t, rng, model.cfg.vocab_size) for t in spec.inputs)
+    with torch.no_grad(), warnings.catch_warnings(), redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(
+                module,
+                args,
+                str(path),
+                input_names=[t.name for t in spec.inputs],
+                output_names=[t.name for t in spec.outputs],
+                opset_version=opset,
+                dynamo=True,
+                external_data=False,
+                optimize=True,
+            )
+        except Exception as exc:  # the exporter raises many types; name the graph
+            raise ExportError(f"exporting graph {spec.name!r} failed: {exc}") from exc
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto)
+    got = onnx_signature(proto)
+    for side in ("inputs", "outputs"):
+        want = list(getattr(spec, side))
+        if got[side] != want:
+            raise ExportError(
+                f"graph {spec.name!r} {side} came out as "
+                f"{[(t.name, t.shape, t.dtype) for t in got[side]]}, expected "
+                f"{[(t.name, t.shape, t.dtype) for t in want]}"
+            )

@@ -1,0 +1,344 @@
+"""The reference dual-system VLA in PyTorch (Hume on a pi0-style backbone).
+
+- ViT patch encoder over every camera's frame.
+- Prefix decoder (RMSNorm, RoPE, SwiGLU, grouped-query attention) over [visual tokens,
+  instruction tokens, state token, value-query token], bidirectional within the prefix, returning
+  every layer's keys and values: the prefix KV cache.
+- Flow-matching action expert: one block per prefix layer; its action tokens attend to that
+  layer's cache and to each other. The cache is shared by all N candidates without being copied:
+  attention scores against it are a broadcasting matmul.
+- Value-query head: the value-query token's final state plus a candidate's first steps, scored
+  by two critics; Q is their minimum.
+- Token-selector head: instruction-conditioned additive scores of the visual tokens.
+- System 1: a light transformer that denoises a slice of the plan from the newest frame and state.
+
+Everything here is traceable by `torch.onnx.export` at static shapes; `precision="fp16"` casts
+the weights while norms, softmax and the time embedding are computed in float32.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from edgevla.runtime.model_config import ModelConfig
+from torch import Tensor, nn
+
+_MASKED = -1e9  # additive mask value; applied in float32
+
+
+def rope_tables(positions: int, head_dim: int, theta: float) -> tuple[Tensor, Tensor]:
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    angles = torch.arange(positions, dtype=torch.float64)[:, None] * inv_freq[None, :]
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """x: [B, heads, T, head_dim]; cos/sin: [T, head_dim] (rotate-half convention)."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
+
+
+def sinusoidal_time(
+    t: Tensor, dim: int, min_period: float = 4e-3, max_period: float = 4.0
+) -> Tensor:
+    """pi0's time embedding, always in float32 (fp16 cannot resolve t / 4e-3)."""
+    fraction = torch.linspace(0.0, 1.0, dim // 2, dtype=torch.float32, device=t.device)
+    period = min_period * (max_period / min_period) ** fraction
+    angle = t.float()[:, None] * (2 * math.pi / period)[None, :]
+    return torch.cat([angle.sin(), angle.cos()], dim=-1)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        xf = x.float()
+        normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (normed * self.weight.float()).to(x.dtype)
+
+
+def grouped_attention(
+    q: Tensor, keys: list[Tensor], values: list[Tensor], key_masks: list[Tensor]
+) -> Tensor:
+    """Grouped-query attention over one or more key/value blocks.
+
+    q: [B, heads, T, hd]. Each key/value block is [B or 1, kv_heads, Tk, hd]; a batch of 1
+    broadcasts (the shared prefix). key_masks: matching [B or 1, Tk] bool, True = attend.
+    Query heads are folded as [kv_heads, rep·T] so no key or value is repeated or copied.
+    """
+    b, heads, t, hd = q.shape
+    kv_heads = keys[0].shape[1]
+    rep = heads // kv_heads
+    qg = q.reshape(b, kv_heads, rep * t, hd) * (hd**-0.5)
+    scores = [
+        torch.matmul(qg, k.transpose(-1, -2)).float()
+        + torch.where(m, 0.0, _MASKED)[:, None, None, :].float()
+        for k, m in zip(keys, key_masks, strict=True)
+    ]
+    probs = torch.softmax(torch.cat(scores, dim=-1), dim=-1).to(q.dtype)
+    out = None
+    offset = 0
+    for v in values:
+        part = torch.matmul(probs[..., offset : offset + v.shape[2]], v)
+        out = part if out is None else out + part
+        offset += v.shape[2]
+    assert out is not None
+    return out.reshape(b, heads, t, hd)
+
+
+class GQABlock(nn.Module):
+    """Pre-norm decoder block: RMSNorm → GQA attention (RoPE) → RMSNorm → SwiGLU."""
+
+    def __init__(self, width: int, n_heads: int, n_kv_heads: int, head_dim: int, ffn: int) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
+        self.attn_norm = RMSNorm(width)
+        self.q_proj = nn.Linear(width, n_heads * head_dim, bias=False)
+        self.k_proj = nn.Linear(width, n_kv_heads * head_dim, bias=False)
+        self.v_proj = nn.Linear(width, n_kv_heads * head_dim, bias=False)
+        self.o_proj = nn.Linear(n_heads * head_dim, width, bias=False)
+        self.ffn_norm = RMSNorm(width)
+        self.gate_proj = nn.Linear(width, ffn, bias=False)
+        self.up_proj = nn.Linear(width, ffn, bias=False)
+        self.down_proj = nn.Linear(ffn, width, bias=False)
+
+    def forward(
+        self,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        mask: Tensor,
+        past: tuple[Tensor, Tensor, Tensor] | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Returns (x, k, v) with this block's own keys/values (post-RoPE) for caching."""
+        b, t, _ = x.shape
+        h = self.attn_norm(x)
+        q = self.q_proj(h).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(h).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(h).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if past is None:
+            attn = grouped_attention(q, [k], [v], [mask])
+        else:
+            past_k, past_v, past_mask = past
+            own_mask = torch.ones(b, t, dtype=torch.bool, device=x.device)
+            attn = grouped_attention(q, [past_k, k], [past_v, v], [past_mask, own_mask])
+        x = x + self.o_proj(attn.transpose(1, 2).reshape(b, t, -1))
+        h = self.ffn_norm(x)
+        x = x + self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h))
+        return x, k, v
+
+
+class ViTBlock(nn.Module):
+    """Pre-LayerNorm transformer block with full self-attention and a GELU MLP."""
+
+    def __init__(self, width: int, heads: int, mlp_dim: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.ln1 = nn.LayerNorm(width)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.ln2 = nn.LayerNorm(width)
+        self.fc1 = nn.Linear(width, mlp_dim)
+        self.fc2 = nn.Linear(mlp_dim, width)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, t, w = x.shape
+        hd = w // self.heads
+        qkv = self.qkv(self.ln1(x)).view(b, t, 3, self.heads, hd).permute(2, 0, 3, 1, 4)
+        scores = torch.matmul(qkv[0], qkv[1].transpose(-1, -2)).float() * (hd**-0.5)
+        attn = torch.matmul(torch.softmax(scores, dim=-1).to(x.dtype), qkv[2])
+        x = x + self.proj(attn.transpose(1, 2).reshape(b, t, w))
+        return x + self.fc2(F.gelu(self.fc1(self.ln2(x)), approximate="tanh"))
+
+
+def patchify(images: Tensor, patch: int, dtype: torch.dtype) -> Tensor:
+    """uint8 [B, C, S, S, 3] → [B, C, P, patch·patch·3] in [-1, 1]."""
+    b, c, s, _, ch = images.shape
+    g = s // patch
+    x = images.to(dtype) * (2.0 / 255.0) - 1.0
+    x = x.reshape(b, c, g, patch, g, patch, ch).permute(0, 1, 2, 4, 3, 5, 6)
+    return x.reshape(b, c, g * g, patch * patch * ch)
+
+
+class VisionEncoder(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.patch = cfg.patch_size
+        self.patch_embed = nn.Linear(cfg.patch_size**2 * 3, cfg.vit_width)
+        self.pos_embed = nn.Parameter(torch.randn(cfg.patches_per_camera, cfg.vit_width) * 0.02)
+        self.camera_embed = nn.Parameter(torch.randn(cfg.num_cameras, cfg.vit_width) * 0.02)
+        self.blocks = nn.ModuleList(
+            ViTBlock(cfg.vit_width, cfg.vit_heads, cfg.vit_mlp_dim) for _ in range(cfg.vit_depth)
+        )
+        self.norm = nn.LayerNorm(cfg.vit_width)
+
+    def forward(self, images: Tensor) -> Tensor:
+        x = self.patch_embed(patchify(images, self.patch, self.patch_embed.weight.dtype))
+        x = x + self.pos_embed[None, None] + self.camera_embed[None, :, None]
+        b, c, p, w = x.shape
+        x = x.reshape(b, c * p, w)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+
+class TokenSelector(nn.Module):
+    """Scores visual tokens for pruning: v·tanh(W_v·token + W_t·instruction summary)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.token_proj = nn.Linear(width, width)
+        self.text_proj = nn.Linear(width, width, bias=False)
+        self.score = nn.Linear(width, 1)
+
+    def forward(self, visual: Tensor, text: Tensor, text_mask: Tensor) -> Tensor:
+        weights = text_mask.to(text.dtype)[..., None]
+        summary = (text * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+        hidden = torch.tanh(self.token_proj(visual) + self.text_proj(summary)[:, None])
+        return self.score(hidden).squeeze(-1).float()
+
+
+def critic(in_dim: int, hidden: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden),
+        nn.SiLU(),
+        nn.Linear(hidden, hidden),
+        nn.SiLU(),
+        nn.Linear(hidden, 1),
+    )
+
+
+class System1Net(nn.Module):
+    """Light reactive denoiser: [frame token, state token, action tokens] → velocity."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        w = cfg.s1_width
+        self.patch = cfg.patch_size
+        self.patch_embed = nn.Linear(cfg.patch_size**2 * 3, w)
+        self.frame_proj = nn.Linear(cfg.num_cameras * w, w)
+        self.state_proj = nn.Linear(cfg.state_dim, w)
+        self.action_in = nn.Linear(cfg.action_dim, w)
+        self.time_mlp = nn.Sequential(nn.Linear(w, w), nn.SiLU(), nn.Linear(w, w))
+        self.pos_embed = nn.Parameter(torch.randn(2 + cfg.s1_horizon, w) * 0.02)
+        self.blocks = nn.ModuleList(ViTBlock(w, cfg.s1_heads, 4 * w) for _ in range(cfg.s1_depth))
+        self.norm = nn.LayerNorm(w)
+        self.action_out = nn.Linear(w, cfg.action_dim)
+
+    def forward(self, images: Tensor, state: Tensor, noisy: Tensor, t: Tensor) -> Tensor:
+        dtype = self.patch_embed.weight.dtype
+        patches = self.patch_embed(patchify(images, self.patch, dtype))  # [B, C, P, w]
+        frame = self.frame_proj(patches.mean(2).flatten(1))[:, None]
+        st = self.state_proj(state.to(dtype))[:, None]
+        time = self.time_mlp(sinusoidal_time(t, self.action_in.out_features).to(dtype))
+        actions = self.action_in(noisy.to(dtype)) + time[:, None]
+        x = torch.cat([frame, st, actions], dim=1) + self.pos_embed[None]
+        for block in self.blocks:
+            x = block(x)
+        return self.action_out(self.norm(x[:, 2:])).float()
+
+
+class DualSystemVLA(nn.Module):
+    """All weights of the policy; the four graph entry points are methods."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d, e = cfg.d_model, cfg.expert_width
+        self.vision = VisionEncoder(cfg)
+        self.vision_proj = nn.Linear(cfg.vit_width, d)
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, d)
+        self.state_proj = nn.Linear(cfg.state_dim, d)
+        self.value_query = nn.Parameter(torch.randn(1, 1, d) * 0.02)
+        self.layers = nn.ModuleList(
+            GQABlock(d, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.ffn_dim)
+            for _ in range(cfg.n_layers)
+        )
+        self.final_norm = RMSNorm(d)
+        self.selector = TokenSelector(d)
+        # Action expert (pi0's action-time MLP on the way in).
+        self.action_in = nn.Linear(cfg.action_dim, e)
+        self.action_time_mlp = nn.Sequential(nn.Linear(2 * e, e), nn.SiLU(), nn.Linear(e, e))
+        self.expert_layers = nn.ModuleList(
+            GQABlock(e, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.expert_ffn_dim)
+            for _ in range(cfg.n_layers)
+        )
+        self.expert_norm = RMSNorm(e)
+        self.action_out = nn.Linear(e, cfg.action_dim)
+        # Value-query head: two critics.
+        value_in = d + cfg.value_horizon * cfg.action_dim
+        self.critics = nn.ModuleList(critic(value_in, cfg.value_hidden) for _ in range(2))
+        self.system1 = System1Net(cfg)
+        cos, sin = rope_tables(cfg.prefix_len + cfg.chunk_len, cfg.head_dim, cfg.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.action_in.weight.dtype
+
+    def encode_prefix(
+        self, images: Tensor, instruction_ids: Tensor, instruction_mask: Tensor, state: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """→ prefix_k, prefix_v [layers, B, kv, L, hd], prefix_mask, value_summary, token_scores."""
+        cfg, dtype = self.cfg, self.dtype
+        b = images.shape[0]
+        visual = self.vision_proj(self.vision(images))
+        text = self.embed_tokens(instruction_ids) * math.sqrt(cfg.d_model)
+        st = self.state_proj(state.to(dtype))[:, None]
+        x = torch.cat([visual, text, st, self.value_query.expand(b, 1, -1)], dim=1)
+        valid = torch.ones(b, cfg.num_visual_tokens, dtype=torch.bool, device=images.device)
+        tail = torch.ones(b, 2, dtype=torch.bool, device=images.device)
+        mask = torch.cat([valid, instruction_mask, tail], dim=1)
+        cos, sin = self.rope_cos[: cfg.prefix_len], self.rope_sin[: cfg.prefix_len]
+        ks, vs = [], []
+        for layer in self.layers:
+            x, k, v = layer(x, cos, sin, mask)
+            ks.append(k)
+            vs.append(v)
+        x = self.final_norm(x)
+        scores = self.selector(visual, text, instruction_mask)
+        return torch.stack(ks), torch.stack(vs), mask, x[:, -1].float(), scores
+
+    def expert_velocity(
+        self, prefix_k: Tensor, prefix_v: Tensor, prefix_mask: Tensor, noisy: Tensor, t: Tensor
+    ) -> Tensor:
+        """Velocity for N candidates over one prefix (prefix tensors keep their batch of 1)."""
+        cfg, dtype = self.cfg, self.dtype
+        n, h, _ = noisy.shape
+        e = self.action_in.out_features
+        time = sinusoidal_time(t, e).to(dtype)[:, None].expand(n, h, e)
+        x = self.action_time_mlp(torch.cat([self.action_in(noisy.to(dtype)), time], dim=-1))
+        positions = slice(cfg.prefix_len, cfg.prefix_len + h)
+        cos, sin = self.rope_cos[positions], self.rope_sin[positions]
+        prefix_k, prefix_v = prefix_k.to(dtype), prefix_v.to(dtype)
+        for i, layer in enumerate(self.expert_layers):
+            x, _, _ = layer(x, cos, sin, prefix_mask, past=(prefix_k[i], prefix_v[i], prefix_mask))
+        return self.action_out(self.expert_norm(x)).float()
+
+    def value(self, value_summary: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
+        """Q(s, a) of each candidate: min over the two critics. → q [N], q_critics [N, 2]."""
+        n = actions.shape[0]
+        head = actions[:, : self.cfg.value_horizon].reshape(n, -1)
+        z = torch.cat([value_summary.expand(n, -1), head], dim=-1).to(self.dtype)
+        q_critics = torch.cat([c(z) for c in self.critics], dim=-1).float()
+        return q_critics.min(dim=-1).values, q_critics
+
+    def system1_velocity(self, images: Tensor, state: Tensor, noisy: Tensor, t: Tensor) -> Tensor:
+        return self.system1(images, state, noisy, t)
+
+
+def build_model(cfg: ModelConfig, seed: int) -> DualSystemVLA:
+    """Deterministic initialisation: the same config and seed give bit-identical weights."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = DualSystemVLA(cfg)
+    return model.eval()

@@ -1,0 +1,218 @@
+"""Inference backends: the `InferenceBackend` protocol and its onnxruntime implementation.
+
+One code path serves CPU, CUDA and TensorRT: TensorRT is reached through onnxruntime's
+TensorRT execution provider, so the same graphs, feeds and checks apply on every target.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import onnxruntime as ort
+from edgevla.runtime.bundle import Bundle
+from edgevla.runtime.errors import BackendUnavailable, BundleShapeMismatch, InferenceInputError
+from edgevla.runtime.model_config import GraphSpec, TensorSpec
+
+log = logging.getLogger(__name__)
+
+TENSORRT = "TensorrtExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+AUTO_ORDER = (TENSORRT, CUDA, CPU)
+
+_ORT_TYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(int64)": "int64",
+    "tensor(uint8)": "uint8",
+    "tensor(bool)": "bool",
+}
+
+
+@runtime_checkable
+class InferenceBackend(Protocol):
+    """Runs a bundle's named graphs on numpy feeds."""
+
+    @property
+    def providers(self) -> list[str]: ...
+
+    def run(self, graph: str, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    """How to open graphs. `providers="auto"` takes TensorRT, CUDA, then CPU, by availability."""
+
+    providers: str | tuple[str, ...] = "auto"
+    intra_op_threads: int = 0  # 0: onnxruntime's default (one per physical core)
+    inter_op_threads: int = 1
+    warmup_runs: int = 1
+    # TensorRT engines and timing cache; default: a sibling `<bundle>.engines/` so the hash-checked
+    # bundle directory itself is never written to.
+    engine_cache_dir: Path | None = None
+    # None: TensorRT fp16 exactly when the bundle was exported (and parity-checked) at fp16.
+    tensorrt_fp16: bool | None = None
+
+
+def default_engine_cache(bundle_dir: Path) -> Path:
+    return bundle_dir.with_name(bundle_dir.name + ".engines")
+
+
+def select_providers(
+    config: BackendConfig,
+    precision: str,
+    engine_cache: Path,
+    available: Sequence[str] | None = None,
+) -> list[tuple[str, dict[str, Any]]]:
+    """Provider list with options, in priority order, for `ort.InferenceSession`."""
+    available = list(ort.get_available_providers() if available is None else available)
+    if config.providers == "auto":
+        chosen = [p for p in AUTO_ORDER if p in available]
+    else:
+        requested = (
+            (config.providers,) if isinstance(config.providers, str) else tuple(config.providers)
+        )
+        missing = [p for p in requested if p not in available]
+        if missing:
+            raise BackendUnavailable(
+                f"execution provider(s) {missing} not in this onnxruntime "
+                f"{ort.__version__}; available: {available}"
+            )
+        chosen = list(requested)
+    if CPU not in chosen:
+        chosen.append(CPU)  # onnxruntime assigns nodes other providers cannot run to the CPU
+    options: list[tuple[str, dict[str, Any]]] = []
+    for name in chosen:
+        if name == TENSORRT:
+            cache = config.engine_cache_dir or engine_cache
+            fp16 = config.tensorrt_fp16
+            if fp16 is None:
+                fp16 = precision == "fp16"
+            options.append(
+                (
+                    name,
+                    {
+                        "trt_fp16_enable": fp16,
+                        "trt_engine_cache_enable": True,
+                        "trt_engine_cache_path": str(cache),
+                        "trt_timing_cache_enable": True,
+                        "trt_timing_cache_path": str(cache),
+                    },
+                )
+            )
+        else:
+            options.append((name, {}))
+    return options
+
+
+def _spec_of(arg: Any) -> tuple[str, tuple[Any, ...], str]:
+    return arg.name, tuple(arg.shape), _ORT_TYPES.get(arg.type, arg.type)
+
+
+def check_session_signature(session: ort.InferenceSession, spec: GraphSpec, file: Path) -> None:
+    """Refuse a graph file whose real inputs/outputs differ from the signature it must have."""
+    for side, listed, expected in (
+        ("inputs", session.get_inputs(), spec.inputs),
+        ("outputs", session.get_outputs(), spec.outputs),
+    ):
+        have = [_spec_of(a) for a in listed]
+        want = [(t.name, t.shape, t.dtype) for t in expected]
+        if [h[0] for h in have] != [w[0] for w in want]:
+            raise BundleShapeMismatch(
+                file, side, f"graph has {[h[0] for h in have]}, expected {[w[0] for w in want]}"
+            )
+        for (name, shape, dtype), (_, wshape, wdtype) in zip(have, want, strict=True):
+            if shape != wshape or dtype != wdtype:
+                raise BundleShapeMismatch(
+                    file,
+                    f"{side}.{name}",
+                    f"graph has {dtype}{list(shape)}, expected {wdtype}{list(wshape)}",
+                )
+
+
+def _placeholder(spec: TensorSpec) -> np.ndarray:
+    if spec.dtype == "bool":
+        return np.ones(spec.shape, dtype=bool)
+    return np.zeros(spec.shape, dtype=spec.dtype)
+
+
+class OnnxRuntimeBackend:
+    """Opens a set of graphs as onnxruntime sessions and runs them by name.
+
+    Each graph file is checked against the signature it must have before it is used.
+    """
+
+    def __init__(
+        self,
+        graphs: Mapping[str, Path],
+        specs: Mapping[str, GraphSpec],
+        config: BackendConfig | None = None,
+        precision: str = "fp32",
+        engine_cache: Path | None = None,
+    ) -> None:
+        self.specs = dict(specs)
+        self.config = config or BackendConfig()
+        self.warmup_s: dict[str, float] = {}
+        first = Path(next(iter(graphs.values())))
+        cache = self.config.engine_cache_dir or engine_cache or default_engine_cache(first.parent)
+        providers = select_providers(self.config, precision, cache)
+        if any(name == TENSORRT for name, _ in providers):
+            cache.mkdir(parents=True, exist_ok=True)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.config.intra_op_threads
+        options.inter_op_num_threads = self.config.inter_op_threads
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self._sessions: dict[str, ort.InferenceSession] = {}
+        for name, spec in self.specs.items():
+            file = Path(graphs[name])
+            session = ort.InferenceSession(str(file), options, providers=providers)
+            check_session_signature(session, spec, file)
+            self._sessions[name] = session
+        self._providers = next(iter(self._sessions.values())).get_providers()
+        log.info("onnxruntime %s providers %s", ort.__version__, self._providers)
+        self.warmup(self.config.warmup_runs)
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle, config: BackendConfig | None = None) -> OnnxRuntimeBackend:
+        return cls(
+            {name: bundle.graph_path(name) for name in bundle.specs},
+            bundle.specs,
+            config,
+            precision=bundle.precision,
+            engine_cache=default_engine_cache(bundle.path),
+        )
+
+    def warmup(self, runs: int) -> dict[str, float]:
+        """Run each graph `runs` times on placeholder feeds (TensorRT builds engines here)."""
+        for name, spec in self.specs.items():
+            feeds = {t.name: _placeholder(t) for t in spec.inputs}
+            start = time.perf_counter()
+            for _ in range(runs):
+                self._sessions[name].run(None, feeds)
+            self.warmup_s[name] = time.perf_counter() - start
+        return dict(self.warmup_s)
+
+    def run(self, graph: str, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        try:
+            spec = self.specs[graph]
+        except KeyError:
+            raise InferenceInputError(
+                f"unknown graph {graph!r}; backend has {sorted(self.specs)}"
+            ) from None
+        for t in spec.inputs:
+            value = feeds.get(t.name)
+            if value is None:
+                raise InferenceInputError(f"graph {graph!r}: input {t.name!r} missing")
+            if value.shape != t.shape or value.dtype != np.dtype(t.dtype):
+                raise InferenceInputError(
+                    f"graph {graph!r}: input {t.name!r} is {value.dtype}{list(value.shape)}, "
+                    f"expected {t.dtype}{list(t.shape)}"
+                )
+        outputs = self._sessions[graph].run(None, {t.name: feeds[t.name] for t in spec.inputs})
+        return {t.name: out for t, out in zip(spec.outputs, outputs, strict=True)}

@@ -1,0 +1,109 @@
+"""The dual-system policy as the robot sees it: observations in, joint-space chunks out.
+
+A thin layer over the pure System 2 / System 1 functions that owns the bundle's tokenizer,
+normalisation and sampling defaults, and checks every observation before it reaches a graph.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+from edgevla.runtime import system1, system2
+from edgevla.runtime.backend import BackendConfig, InferenceBackend, OnnxRuntimeBackend
+from edgevla.runtime.bundle import Bundle, load_bundle
+from edgevla.runtime.errors import InferenceInputError
+from edgevla.runtime.manifest import Sampling
+from edgevla.runtime.normalization import Normalizer
+from edgevla.runtime.tokenizer import InstructionTokenizer
+
+
+@dataclass(frozen=True)
+class Observation:
+    images: np.ndarray  # uint8 [cameras, S, S, 3], RGB
+    state: np.ndarray  # [state_dim]: joint positions (rad) and gripper opening
+    instruction: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A System 2 plan in the robot's units, with the normalized result kept for System 1."""
+
+    chunk: np.ndarray  # float32 [H, A], absolute joint targets + gripper
+    result: system2.PlanResult
+
+
+class DualSystemPolicy:
+    def __init__(
+        self,
+        bundle: Bundle,
+        backend: InferenceBackend | None = None,
+        sampling: Sampling | None = None,
+    ) -> None:
+        self.bundle = bundle
+        self.backend = backend if backend is not None else OnnxRuntimeBackend.from_bundle(bundle)
+        self.sampling = sampling or bundle.manifest.sampling
+        if self.sampling.candidates != bundle.candidates:
+            raise InferenceInputError(
+                f"the bundle's graphs take {bundle.candidates} candidates, "
+                f"sampling asks for {self.sampling.candidates}"
+            )
+        self.normalizer = Normalizer.from_manifest(bundle.manifest.normalization)
+        self.tokenizer = InstructionTokenizer.from_file(
+            bundle.tokenizer_path, bundle.model.max_instruction_tokens
+        )
+
+    @classmethod
+    def from_dir(cls, path: str, config: BackendConfig | None = None) -> DualSystemPolicy:
+        bundle = load_bundle(path)
+        return cls(bundle, OnnxRuntimeBackend.from_bundle(bundle, config))
+
+    def with_sampling(self, **changes: float | int) -> DualSystemPolicy:
+        return DualSystemPolicy(self.bundle, self.backend, replace(self.sampling, **changes))
+
+    def _images(self, images: np.ndarray) -> np.ndarray:
+        cfg = self.bundle.model
+        want = (cfg.num_cameras, cfg.image_size, cfg.image_size, 3)
+        images = np.asarray(images)
+        if images.shape != want or images.dtype != np.uint8:
+            raise InferenceInputError(
+                f"images are {images.dtype}{list(images.shape)}, "
+                f"the bundle expects uint8{list(want)}"
+            )
+        return np.ascontiguousarray(images[None])
+
+    def prefix_inputs(self, obs: Observation) -> system2.PrefixInputs:
+        ids, mask = self.tokenizer.encode(obs.instruction)
+        return system2.PrefixInputs(
+            images=self._images(obs.images),
+            instruction_ids=ids,
+            instruction_mask=mask,
+            state=self.normalizer.normalize_state(obs.state)[None],
+        )
+
+    def plan(self, obs: Observation, rng: np.random.Generator) -> Plan:
+        s, cfg = self.sampling, self.bundle.model
+        noise = system2.sample_noise(
+            rng, (s.candidates, cfg.chunk_len, cfg.action_dim), s.noise_temperature
+        )
+        starts = system2.candidate_start_times(s.candidates, s.start_time_min, s.start_time_max)
+        result = system2.plan(self.backend, self.prefix_inputs(obs), noise, starts, s.denoise_steps)
+        return Plan(chunk=self.normalizer.unnormalize_actions(result.chunk), result=result)
+
+    def react(
+        self, plan: Plan, start_step: int, obs: Observation, rng: np.random.Generator
+    ) -> np.ndarray:
+        """System 1: the refined [s1_horizon, A] slice of `plan` from `start_step`, robot units."""
+        cfg = self.bundle.model
+        slice_ = system1.plan_slice(plan.result.chunk, start_step, cfg.s1_horizon)
+        noise = system2.sample_noise(rng, slice_.shape)
+        refined = system1.react(
+            self.backend,
+            self._images(obs.images),
+            self.normalizer.normalize_state(obs.state)[None],
+            slice_,
+            noise,
+            self.sampling.s1_theta,
+            self.sampling.s1_steps,
+        )
+        return self.normalizer.unnormalize_actions(refined)

@@ -1,0 +1,143 @@
+"""System 2: value-guided planning over one shared prefix (pure functions over a backend).
+
+One prefix pass per plan; all N candidates are denoised as one batch over that prefix's KV
+cache, each from its own start time (Hume's spread over [t_min, t_max]); the value head scores
+them with the prefix's value summary and the best one becomes the plan. Euler integration stays
+in float32 here whatever precision the graphs run at.
+
+Flow convention (pi0): x_t = t·noise + (1 − t)·actions, velocity = noise − actions, t: 1 → 0.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from edgevla.runtime.backend import InferenceBackend
+
+
+@dataclass(frozen=True)
+class PrefixInputs:
+    """Feeds of the prefix graph: one observation, already tokenized and normalized."""
+
+    images: np.ndarray  # uint8 [1, cameras, S, S, 3]
+    instruction_ids: np.ndarray  # int64 [1, T]
+    instruction_mask: np.ndarray  # bool [1, T]
+    state: np.ndarray  # float32 [1, state_dim], normalized
+
+    def feeds(self) -> dict[str, np.ndarray]:
+        return {
+            "images": self.images,
+            "instruction_ids": self.instruction_ids,
+            "instruction_mask": self.instruction_mask,
+            "state": self.state,
+        }
+
+
+@dataclass(frozen=True)
+class Prefix:
+    """The prefix graph's outputs: the per-layer KV cache every candidate attends to."""
+
+    k: np.ndarray
+    v: np.ndarray
+    mask: np.ndarray
+    value_summary: np.ndarray
+    token_scores: np.ndarray
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    """All candidates (normalized action space), their values and the chosen one."""
+
+    candidates: np.ndarray  # float32 [N, H, A]
+    q: np.ndarray  # float32 [N]
+    q_critics: np.ndarray  # float32 [N, 2]
+    chosen: int
+    token_scores: np.ndarray  # float32 [visual tokens]
+    timings_s: dict[str, float]
+
+    @property
+    def chunk(self) -> np.ndarray:
+        return self.candidates[self.chosen]
+
+
+def candidate_start_times(candidates: int, t_min: float, t_max: float) -> np.ndarray:
+    """Evenly spread start times, the first candidate from pure noise at t_max."""
+    if candidates == 1:
+        return np.array([t_max], dtype=np.float32)
+    return np.linspace(t_max, t_min, candidates, dtype=np.float32)
+
+
+def sample_noise(
+    rng: np.random.Generator, shape: tuple[int, ...], temperature: float = 1.0
+) -> np.ndarray:
+    return (rng.standard_normal(shape) * temperature).astype(np.float32)
+
+
+def encode_prefix(backend: InferenceBackend, inputs: PrefixInputs) -> Prefix:
+    out = backend.run("prefix", inputs.feeds())
+    return Prefix(
+        k=out["prefix_k"],
+        v=out["prefix_v"],
+        mask=out["prefix_mask"],
+        value_summary=out["value_summary"],
+        token_scores=out["token_scores"][0],
+    )
+
+
+def denoise_candidates(
+    backend: InferenceBackend,
+    prefix: Prefix,
+    noise: np.ndarray,
+    start_times: np.ndarray,
+    steps: int,
+) -> np.ndarray:
+    """Integrate each candidate from its start time to t = 0 in `steps` Euler steps."""
+    x = noise.astype(np.float32, copy=True)
+    dt = (start_times / steps).astype(np.float32)
+    for k in range(steps):
+        t = (start_times * (1.0 - k / steps)).astype(np.float32)
+        out = backend.run(
+            "expert_step",
+            {
+                "prefix_k": prefix.k,
+                "prefix_v": prefix.v,
+                "prefix_mask": prefix.mask,
+                "noisy_actions": x,
+                "time": t,
+            },
+        )
+        x -= dt[:, None, None] * out["velocity"].astype(np.float32)
+    return x
+
+
+def plan(
+    backend: InferenceBackend,
+    inputs: PrefixInputs,
+    noise: np.ndarray,
+    start_times: np.ndarray,
+    steps: int,
+) -> PlanResult:
+    """One System 2 plan: prefix once, N candidates batched over it, value-selected."""
+    t0 = time.perf_counter()
+    prefix = encode_prefix(backend, inputs)
+    t1 = time.perf_counter()
+    candidates = denoise_candidates(backend, prefix, noise, start_times, steps)
+    t2 = time.perf_counter()
+    scored = backend.run("value", {"value_summary": prefix.value_summary, "actions": candidates})
+    t3 = time.perf_counter()
+    q = scored["q"]
+    return PlanResult(
+        candidates=candidates,
+        q=q,
+        q_critics=scored["q_critics"],
+        chosen=int(np.argmax(q)),
+        token_scores=prefix.token_scores,
+        timings_s={
+            "prefix_s": t1 - t0,
+            "denoise_s": t2 - t1,
+            "value_s": t3 - t2,
+            "total_s": t3 - t0,
+        },
+    )

@@ -1,0 +1,55 @@
+"""Instruction tokenizer: a Hugging Face `tokenizers` file that travels in the bundle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from edgevla.runtime.errors import InferenceInputError
+from tokenizers import Tokenizer
+
+PAD_TOKEN = "[PAD]"
+UNK_TOKEN = "[UNK]"
+
+
+class InstructionTokenizer:
+    """Turns an instruction into fixed-length ids and a validity mask for the prefix graph."""
+
+    def __init__(self, tokenizer: Tokenizer, max_tokens: int) -> None:
+        pad_id = tokenizer.token_to_id(PAD_TOKEN)
+        unk_id = tokenizer.token_to_id(UNK_TOKEN)
+        if pad_id is None or unk_id is None:
+            raise InferenceInputError(f"tokenizer lacks the {PAD_TOKEN} or {UNK_TOKEN} token")
+        self._tokenizer = tokenizer
+        self.max_tokens = max_tokens
+        self.pad_id = pad_id
+        self.unk_id = unk_id
+
+    @classmethod
+    def from_file(cls, path: Path, max_tokens: int) -> InstructionTokenizer:
+        return cls(Tokenizer.from_file(str(path)), max_tokens)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tokenizer.get_vocab_size()
+
+    def tokens(self, instruction: str) -> list[str]:
+        return self._tokenizer.encode(instruction).tokens
+
+    def encode(self, instruction: str) -> tuple[np.ndarray, np.ndarray]:
+        """Return (ids int64 [1, T], mask bool [1, T]); refuses instructions longer than T."""
+        if not isinstance(instruction, str):
+            raise InferenceInputError(
+                f"instruction must be a str, got {type(instruction).__name__}"
+            )
+        ids = self._tokenizer.encode(instruction).ids
+        if len(ids) > self.max_tokens:
+            raise InferenceInputError(
+                f"instruction has {len(ids)} tokens; this bundle takes at most {self.max_tokens}: "
+                f"{instruction!r}"
+            )
+        out = np.full((1, self.max_tokens), self.pad_id, dtype=np.int64)
+        mask = np.zeros((1, self.max_tokens), dtype=bool)
+        out[0, : len(ids)] = ids
+        mask[0, : len(ids)] = True
+        return out, mask
