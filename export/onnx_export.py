@@ -23,6 +23,8 @@ from edgevla.runtime.model_config import GraphSpec, TensorSpec, cache_dtype
 from torch import Tensor, nn
 
 log = logging.getLogger(__name__)
+# The exporter logs a warning per torchvision op it cannot register; we use none of them.
+logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
 
 _ONNX_DTYPES = {
     onnx.TensorProto.FLOAT: "float32",

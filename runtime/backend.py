@@ -188,6 +188,10 @@ class OnnxRuntimeBackend:
             engine_cache=default_engine_cache(bundle.path),
         )
 
+    @property
+    def providers(self) -> list[str]:
+        return list(self._providers)
+
     def warmup(self, runs: int) -> dict[str, float]:
         """Run each graph `runs` times on placeholder feeds (TensorRT builds engines here)."""
         for name, spec in self.specs.items():

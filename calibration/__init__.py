@@ -1,0 +1,1 @@
+"""Hand-eye and intrinsics calibration for technicians. Lands with the calibration issue (#9)."""

@@ -1,0 +1,298 @@
+"""`edgevla` command line. Export-side commands import torch lazily; bundle commands never do.
+
+Exit codes: 0 success, 1 refused or failed (the message says why), 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from edgevla.log import setup_logging
+from edgevla.runtime.errors import EdgeVlaError
+
+# Wide enough for a joint-space table when piped into a log or CI output.
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
+err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 120)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+# ----------------------------------------------------------------------------- export side
+
+
+def _load_policy(args: argparse.Namespace):  # -> ReferencePolicy (torch imported lazily)
+    from edgevla.export.checkpoint import init_policy, load_checkpoint
+    from edgevla.export.configs import get_config
+
+    if args.checkpoint is not None:
+        return load_checkpoint(Path(args.checkpoint))
+    return init_policy(get_config(args.config), args.seed)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from edgevla.export.bundle_writer import ExportOptions, export_bundle
+
+    options = ExportOptions(
+        precision=args.precision,
+        candidates=args.candidates,
+        denoise_steps=args.denoise_steps,
+        parity_observations=args.parity_observations,
+    )
+    with err.status("loading model") as status:
+        policy = _load_policy(args)
+        manifest = export_bundle(
+            policy, Path(args.out), options, overwrite=args.overwrite, on_progress=status.update
+        )
+    worst = min(
+        o.cosine
+        for group in (*manifest.parity.graphs.values(), manifest.parity.plan)
+        for o in group.values()
+    )
+    out.print(
+        f"bundle written: {args.out} ({manifest.precision}, N={manifest.sampling.candidates}, "
+        f"parity passed, worst cosine {worst:.6f})"
+    )
+    return 0
+
+
+def cmd_checkpoint_init(args: argparse.Namespace) -> int:
+    from edgevla.export.checkpoint import init_policy, save_checkpoint
+    from edgevla.export.configs import get_config
+
+    save_checkpoint(init_policy(get_config(args.config), args.seed), Path(args.out))
+    out.print(f"checkpoint written: {args.out} (config {args.config}, seed {args.seed})")
+    return 0
+
+
+def cmd_model_info(args: argparse.Namespace) -> int:
+    from edgevla.export.configs import get_config
+    from edgevla.export.model_stats import model_stats
+
+    cfg = get_config(args.config)
+    stats = model_stats(cfg, args.candidates, args.denoise_steps)
+    table = Table(title=f"model '{cfg.name}': {sum(stats.params.values()) / 1e6:.2f} M parameters")
+    table.add_column("component")
+    table.add_column("parameters", justify="right")
+    for name, count in stats.params.items():
+        table.add_row(name, f"{count / 1e6:.3f} M")
+    out.print(table)
+    flops = Table(title=f"GFLOPs (N={args.candidates}, K={args.denoise_steps})")
+    flops.add_column("graph / pattern")
+    flops.add_column("GFLOP", justify="right")
+    for graph, value in stats.graph_flops.items():
+        flops.add_row(f"{graph} (one call)", f"{value / 1e9:.3f}")
+    flops.add_row("plan: shared prefix, N batched", f"{stats.plan_flops / 1e9:.3f}")
+    flops.add_row("plan: prefix per candidate", f"{stats.per_candidate_prefix_flops / 1e9:.3f}")
+    out.print(flops)
+    out.print(
+        f"prefix: {cfg.prefix_len} tokens ({cfg.num_visual_tokens} visual); "
+        f"cache {cfg.n_layers}×2×{cfg.n_kv_heads}×{cfg.prefix_len}×{cfg.head_dim}"
+    )
+    return 0
+
+
+# ----------------------------------------------------------------------------- runtime side
+
+
+def cmd_bundle_verify(args: argparse.Namespace) -> int:
+    from edgevla.runtime.backend import CPU, BackendConfig, OnnxRuntimeBackend
+    from edgevla.runtime.bundle import load_bundle
+
+    try:
+        bundle = load_bundle(args.bundle)
+        # Opening every graph checks its real inputs/outputs against the manifest.
+        OnnxRuntimeBackend.from_bundle(bundle, BackendConfig(providers=(CPU,), warmup_runs=0))
+    except EdgeVlaError as exc:
+        err.print(f"[red]REFUSED[/red] {exc}")
+        return 1
+    out.print(
+        f"[green]OK[/green] {args.bundle}: {len(bundle.manifest.files)} files hash-checked, "
+        f"{len(bundle.specs)} graphs match their signatures, parity "
+        f"{'passed' if bundle.manifest.parity.passed else 'FAILED'}"
+    )
+    return 0 if bundle.manifest.parity.passed else 1
+
+
+def cmd_bundle_info(args: argparse.Namespace) -> int:
+    from edgevla.runtime.bundle import load_bundle
+
+    try:
+        bundle = load_bundle(args.bundle)
+    except EdgeVlaError as exc:
+        err.print(f"[red]REFUSED[/red] {exc}")
+        return 1
+    m, cfg = bundle.manifest, bundle.model
+    out.print(f"[bold]{bundle.path}[/bold]  schema {m.schema_version}, created {m.created_utc}")
+    out.print(
+        f"model '{cfg.name}', precision {m.precision}, {m.sampling.candidates} candidates, "
+        f"{m.sampling.denoise_steps} denoising steps, System 1 θ1={m.sampling.s1_theta} "
+        f"in {m.sampling.s1_steps} steps"
+    )
+    out.print(
+        f"observation: {cfg.num_cameras} cameras {cfg.image_size}×{cfg.image_size}, "
+        f"state {m.action_space.state_names}, instruction ≤ {m.tokenizer.max_tokens} tokens"
+    )
+    out.print(
+        f"action: {m.action_space.kind}, chunk {cfg.chunk_len} × {m.action_space.action_names} "
+        f"every {m.action_space.step_period_s} s"
+    )
+    table = Table(title="graphs")
+    for column in ("graph", "inputs", "outputs", "MB"):
+        table.add_column(column)
+    for name, g in m.graphs.items():
+        table.add_row(
+            name,
+            "\n".join(f"{t.name} {t.dtype}{t.shape}" for t in g.inputs),
+            "\n".join(f"{t.name} {t.dtype}{t.shape}" for t in g.outputs),
+            f"{m.files[g.file].bytes / 1e6:.2f}",
+        )
+    out.print(table)
+    parity = Table(title=f"parity vs PyTorch ({m.parity.observations} observations)")
+    for column in ("graph", "output", "cosine", "max abs err", "passed"):
+        parity.add_column(column)
+    for group, outputs in {
+        **m.parity.graphs,
+        "plan": m.parity.plan,
+        "react": m.parity.react,
+    }.items():
+        for name, o in outputs.items():
+            parity.add_row(
+                group, name, f"{o.cosine:.6f}", f"{o.max_abs_err:.2e}", "yes" if o.passed else "NO"
+            )
+    out.print(parity)
+    out.print("versions: " + ", ".join(f"{k} {v}" for k, v in m.library_versions.items()))
+    return 0
+
+
+def cmd_bundle_warmup(args: argparse.Namespace) -> int:
+    import onnxruntime as ort
+
+    from edgevla.runtime.backend import TENSORRT, BackendConfig, OnnxRuntimeBackend
+    from edgevla.runtime.bundle import load_bundle
+
+    available = ort.get_available_providers()
+    if TENSORRT not in available:
+        message = (
+            f"TensorRT is not available in this onnxruntime {ort.__version__} "
+            f"(providers: {', '.join(available)}); no engines to build. On a Jetson, install "
+            "JetPack's onnxruntime-gpu built with TensorRT."
+        )
+        if args.require_tensorrt:
+            err.print(f"[red]FAILED[/red] {message}")
+            return 1
+        err.print(f"[yellow]note[/yellow] {message} Warming up what is available.")
+    providers = "auto" if args.providers == "auto" else tuple(args.providers.split(","))
+    backend = OnnxRuntimeBackend.from_bundle(
+        load_bundle(args.bundle), BackendConfig(providers=providers, warmup_runs=args.runs)
+    )
+    times = ", ".join(f"{g} {s * 1e3:.1f} ms" for g, s in backend.warmup_s.items())
+    out.print(f"warm-up on {backend.providers[0]} ({args.runs} runs per graph): {times}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from edgevla.demo import run_demo
+
+    return run_demo(Path(args.out), seed=args.seed, instruction=args.instruction, console=out)
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgevla", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], help_: str, on=sub):
+        p = on.add_parser(name, help=help_, description=help_)
+        p.set_defaults(func=func)
+        return p
+
+    p = add("export", cmd_export, "export a checkpoint or a seeded reference model to a bundle")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", metavar="DIR", help="checkpoint directory")
+    source.add_argument("--config", help="named reference config (tiny, small, pi0-scale)")
+    p.add_argument("--seed", type=int, default=0, help="initialisation seed with --config")
+    p.add_argument("--out", required=True, metavar="BUNDLE", help="bundle directory to write")
+    p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32")
+    p.add_argument("--candidates", type=_positive, default=5, metavar="N")
+    p.add_argument("--denoise-steps", type=_positive, default=10, metavar="K")
+    p.add_argument("--parity-observations", type=_positive, default=3, metavar="M")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
+
+    checkpoint = add("checkpoint", lambda a: 2, "checkpoint tools").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    p = add("init", cmd_checkpoint_init, "write a seeded, untrained checkpoint", checkpoint)
+    p.add_argument("--config", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, metavar="DIR")
+
+    model = add("model", lambda a: 2, "model tools").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    p = add("info", cmd_model_info, "parameters and FLOPs of a named config", model)
+    p.add_argument("--config", required=True)
+    p.add_argument("--candidates", type=_positive, default=5, metavar="N")
+    p.add_argument("--denoise-steps", type=_positive, default=10, metavar="K")
+
+    bundle = add("bundle", lambda a: 2, "bundle tools").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    p = add(
+        "verify",
+        cmd_bundle_verify,
+        "check hashes, schema and graph shapes (exit 1 if refused)",
+        bundle,
+    )
+    p.add_argument("bundle", metavar="DIR")
+    p = add("info", cmd_bundle_info, "describe a bundle", bundle)
+    p.add_argument("bundle", metavar="DIR")
+    p = add(
+        "warmup",
+        cmd_bundle_warmup,
+        "build the TensorRT engine cache (where TensorRT exists)",
+        bundle,
+    )
+    p.add_argument("bundle", metavar="DIR")
+    p.add_argument("--providers", default="auto", help="'auto' or a comma-separated list")
+    p.add_argument("--runs", type=_positive, default=3)
+    p.add_argument("--require-tensorrt", action="store_true", help="exit 1 without TensorRT")
+
+    p = add("demo", cmd_demo, "export the tiny model, then plan and react from the bundle")
+    p.add_argument("--out", default="out/demo-bundle", metavar="DIR")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--instruction", default="touch the red cube")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        return args.func(args)
+    except EdgeVlaError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        return 1
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Workstation-side code (PyTorch): reference model, ONNX export, parity gate, bundle writer."""

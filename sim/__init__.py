@@ -1,0 +1,1 @@
+"""MuJoCo UR5e scene, simulated robot and cameras. Lands with the runtime issue (#3)."""

@@ -1,0 +1,43 @@
+"""Shared fixtures: one tiny bundle per precision, exported once per test session."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from edgevla.export.bundle_writer import ExportOptions, export_bundle
+from edgevla.export.checkpoint import ReferencePolicy, init_policy
+from edgevla.export.configs import get_config
+
+TINY_SEED = 7
+
+
+@pytest.fixture(scope="session")
+def tiny_policy() -> ReferencePolicy:
+    return init_policy(get_config("tiny"), TINY_SEED)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_policy: ReferencePolicy, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A read-only reference bundle (fp32, N=5). Copy it before tampering: see `bundle_copy`."""
+    out = tmp_path_factory.mktemp("bundles") / "tiny-fp32"
+    export_bundle(tiny_policy, out, ExportOptions(precision="fp32", candidates=5))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle_fp16(
+    tiny_policy: ReferencePolicy, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    out = tmp_path_factory.mktemp("bundles") / "tiny-fp16"
+    export_bundle(tiny_policy, out, ExportOptions(precision="fp16", candidates=5))
+    return out
+
+
+@pytest.fixture
+def bundle_copy(tiny_bundle: Path, tmp_path: Path) -> Path:
+    """A private copy of the tiny bundle that a test may corrupt."""
+    dest = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, dest)
+    return dest
