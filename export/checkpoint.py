@@ -12,13 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
+from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer
+
 from edgevla.export.instruction_vocab import build_instruction_tokenizer
 from edgevla.export.reference import DualSystemVLA, build_model
 from edgevla.runtime.errors import ConfigError, EdgeVlaError
 from edgevla.runtime.manifest import ActionSpace, Normalization
 from edgevla.runtime.model_config import ModelConfig
-from safetensors.torch import load_file, save_file
-from tokenizers import Tokenizer
 
 CHECKPOINT_FORMAT = "edgevla-checkpoint-v1"
 WEIGHTS = "model.safetensors"
@@ -130,12 +131,23 @@ def load_checkpoint(path: Path) -> ReferencePolicy:
     except (KeyError, ConfigError, msgspec.ValidationError) as exc:
         raise CheckpointError(f"checkpoint {path / CONFIG}: {exc}") from exc
     model = DualSystemVLA(cfg)
-    missing, unexpected = model.load_state_dict(load_file(str(path / WEIGHTS)), strict=False)
-    if missing or unexpected:
+    weights = load_file(str(path / WEIGHTS))
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in weights.items()}
+    missing = sorted(expected.keys() - found.keys())
+    unexpected = sorted(found.keys() - expected.keys())
+    resized = [
+        f"{k} {found[k]}≠{expected[k]}"
+        for k in expected.keys() & found.keys()
+        if found[k] != expected[k]
+    ]
+    if missing or unexpected or resized:
         raise CheckpointError(
-            f"checkpoint {path / WEIGHTS}: weights do not fit config '{cfg.name}' "
-            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+            f"checkpoint {path / WEIGHTS}: weights do not fit config '{cfg.name}': "
+            f"{len(missing)} missing {missing[:2]}, {len(unexpected)} unexpected "
+            f"{unexpected[:2]}, {len(resized)} with another shape {sorted(resized)[:2]}"
         )
+    model.load_state_dict(weights)
     return ReferencePolicy(
         model=model.eval(),
         action_space=action_space,

@@ -18,14 +18,14 @@ CONFIGS: dict[str, ModelConfig] = {
         expert_width=32, expert_ffn_dim=64, value_horizon=4, value_hidden=64,
         s1_horizon=4, s1_width=32, s1_depth=1, s1_heads=2, **_UR5E,
     ),
-    # Proportions follow pi0 (prefix of a few hundred tokens, an expert a quarter of the
-    # backbone's width over a short chunk) so that CPU timings rank the design choices the way
-    # they rank at full size.
+    # Proportions follow pi0 so that CPU timings rank design choices as they rank at full size:
+    # a prefix of a few hundred tokens, Gemma's 8×d_model FFN, an action expert of half the
+    # width with a 4× FFN over a chunk of ~5 % of the prefix length, a ViT ~10 % of prefix FLOPs.
     "small": ModelConfig(
         name="small", num_cameras=2, image_size=96, patch_size=8, chunk_len=16,
         max_instruction_tokens=24, vocab_size=256,
         vit_width=192, vit_depth=4, vit_heads=6, vit_mlp_dim=768,
-        d_model=384, n_layers=6, n_heads=8, n_kv_heads=2, head_dim=48, ffn_dim=1536,
+        d_model=384, n_layers=6, n_heads=8, n_kv_heads=2, head_dim=48, ffn_dim=3072,
         expert_width=192, expert_ffn_dim=768, value_horizon=8, value_hidden=256,
         s1_horizon=8, s1_width=128, s1_depth=2, s1_heads=4, **_UR5E,
     ),

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from edgevla.runtime.tokenizer import PAD_TOKEN, UNK_TOKEN
 from tokenizers import Tokenizer, normalizers, pre_tokenizers
 from tokenizers.models import WordLevel
+
+from edgevla.runtime.tokenizer import PAD_TOKEN, UNK_TOKEN
 
 # Words of tabletop manipulation instructions; anything else maps to [UNK].
 INSTRUCTION_WORDS = [

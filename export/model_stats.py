@@ -8,10 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
+
 from edgevla.export.onnx_export import graph_module
 from edgevla.export.reference import DualSystemVLA
 from edgevla.runtime.model_config import ModelConfig, graph_specs
-from torch.utils.flop_counter import FlopCounterMode
 
 _TORCH_DTYPES = {
     "float32": torch.float32,

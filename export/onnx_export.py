@@ -17,10 +17,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
+from torch import Tensor, nn
+
 from edgevla.export.reference import DualSystemVLA
 from edgevla.runtime.errors import EdgeVlaError
 from edgevla.runtime.model_config import GraphSpec, TensorSpec, cache_dtype
-from torch import Tensor, nn
 
 log = logging.getLogger(__name__)
 # The exporter logs a warning per torchvision op it cannot register; we use none of them.

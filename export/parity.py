@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
 from edgevla.export.checkpoint import ReferencePolicy
 from edgevla.export.reference_policy import torch_plan, torch_react
 from edgevla.runtime import system1, system2

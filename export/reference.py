@@ -22,8 +22,9 @@ import math
 
 import torch
 import torch.nn.functional as F
-from edgevla.runtime.model_config import ModelConfig
 from torch import Tensor, nn
+
+from edgevla.runtime.model_config import ModelConfig
 
 _MASKED = -1e9  # additive mask value; applied in float32
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
 from edgevla.export.reference import DualSystemVLA
 from edgevla.runtime.system2 import PrefixInputs
 

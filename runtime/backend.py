@@ -15,6 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import onnxruntime as ort
+
 from edgevla.runtime.bundle import Bundle
 from edgevla.runtime.errors import BackendUnavailable, BundleShapeMismatch, InferenceInputError
 from edgevla.runtime.model_config import GraphSpec, TensorSpec

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
+
 from edgevla.runtime.errors import (
     BundleFileMissing,
     BundleHashMismatch,

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import msgspec
+
 from edgevla.runtime.errors import ConfigError
 
 GRAPH_NAMES = ("prefix", "expert_step", "value", "system1")

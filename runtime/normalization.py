@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from edgevla.runtime.errors import InferenceInputError
 from edgevla.runtime.manifest import Normalization
 

@@ -6,9 +6,11 @@ normalisation and sampling defaults, and checks every observation before it reac
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
+import msgspec
 import numpy as np
+
 from edgevla.runtime import system1, system2
 from edgevla.runtime.backend import BackendConfig, InferenceBackend, OnnxRuntimeBackend
 from edgevla.runtime.bundle import Bundle, load_bundle
@@ -59,7 +61,9 @@ class DualSystemPolicy:
         return cls(bundle, OnnxRuntimeBackend.from_bundle(bundle, config))
 
     def with_sampling(self, **changes: float | int) -> DualSystemPolicy:
-        return DualSystemPolicy(self.bundle, self.backend, replace(self.sampling, **changes))
+        return DualSystemPolicy(
+            self.bundle, self.backend, msgspec.structs.replace(self.sampling, **changes)
+        )
 
     def _images(self, images: np.ndarray) -> np.ndarray:
         cfg = self.bundle.model

@@ -7,6 +7,7 @@ denoised from θ1 to 0 conditioned on the newest frame and state (Hume's cascade
 from __future__ import annotations
 
 import numpy as np
+
 from edgevla.runtime.backend import InferenceBackend
 
 

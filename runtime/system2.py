@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+
 from edgevla.runtime.backend import InferenceBackend
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from edgevla.runtime.errors import InferenceInputError
 from tokenizers import Tokenizer
+
+from edgevla.runtime.errors import InferenceInputError
 
 PAD_TOKEN = "[PAD]"
 UNK_TOKEN = "[UNK]"

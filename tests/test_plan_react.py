@@ -1,0 +1,160 @@
+"""System 2 plan and System 1 react through the runtime, and the checks on what goes in."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgevla.runtime import system1, system2
+from edgevla.runtime.backend import (
+    CPU,
+    CUDA,
+    TENSORRT,
+    BackendConfig,
+    OnnxRuntimeBackend,
+    select_providers,
+)
+from edgevla.runtime.bundle import load_bundle
+from edgevla.runtime.errors import BackendUnavailable, InferenceInputError
+from edgevla.runtime.policy import DualSystemPolicy, Observation
+
+
+@pytest.fixture(scope="module")
+def policy(tiny_bundle: Path) -> DualSystemPolicy:
+    return DualSystemPolicy.from_dir(str(tiny_bundle))
+
+
+def observation(policy: DualSystemPolicy, seed: int = 0, **changes) -> Observation:
+    cfg = policy.bundle.model
+    rng = np.random.default_rng(seed)
+    fields = {
+        "images": rng.integers(
+            0, 256, (cfg.num_cameras, cfg.image_size, cfg.image_size, 3), dtype=np.uint8
+        ),
+        "state": np.asarray(policy.bundle.manifest.normalization.state_mean, np.float32),
+        "instruction": "touch the red cube",
+    }
+    return Observation(**{**fields, **changes})
+
+
+def test_same_seed_same_plan(tiny_bundle: Path, policy: DualSystemPolicy) -> None:
+    other = DualSystemPolicy.from_dir(str(tiny_bundle))
+    a = policy.plan(observation(policy), np.random.default_rng(3))
+    b = other.plan(observation(policy), np.random.default_rng(3))
+    np.testing.assert_array_equal(a.chunk, b.chunk)
+    np.testing.assert_array_equal(a.result.q, b.result.q)
+    c = policy.plan(observation(policy), np.random.default_rng(4))
+    assert not np.allclose(a.result.candidates, c.result.candidates)
+
+
+def test_plan_picks_the_best_value_and_returns_robot_units(policy: DualSystemPolicy) -> None:
+    plan = policy.plan(observation(policy), np.random.default_rng(0))
+    r = plan.result
+    cfg = policy.bundle.model
+    assert r.candidates.shape == (policy.sampling.candidates, cfg.chunk_len, cfg.action_dim)
+    assert r.chosen == int(np.argmax(r.q))
+    np.testing.assert_allclose(r.q, r.q_critics.min(axis=1))
+    np.testing.assert_allclose(plan.chunk, policy.normalizer.unnormalize_actions(r.chunk))
+    assert r.token_scores.shape == (cfg.num_visual_tokens,)
+    assert set(r.timings_s) == {"prefix_s", "denoise_s", "value_s", "total_s"}
+
+
+def test_the_instruction_changes_the_plan(policy: DualSystemPolicy) -> None:
+    red = policy.plan(observation(policy), np.random.default_rng(0))
+    blue = policy.plan(
+        observation(policy, instruction="touch the blue cube"), np.random.default_rng(0)
+    )
+    assert not np.allclose(red.chunk, blue.chunk)
+
+
+def test_react_refines_the_slice_for_now(policy: DualSystemPolicy) -> None:
+    cfg = policy.bundle.model
+    plan = policy.plan(observation(policy), np.random.default_rng(0))
+    refined = policy.react(plan, 0, observation(policy), np.random.default_rng(1))
+    assert refined.shape == (cfg.s1_horizon, cfg.action_dim)
+    assert np.all(np.isfinite(refined))
+    # Past the end of the chunk System 1 still answers, from the held last action.
+    late = policy.react(plan, cfg.chunk_len + 3, observation(policy), np.random.default_rng(1))
+    assert late.shape == refined.shape
+
+
+def test_start_times_and_slices() -> None:
+    np.testing.assert_allclose(system2.candidate_start_times(1, 0.9, 1.0), [1.0])
+    times = system2.candidate_start_times(5, 0.9, 1.0)
+    np.testing.assert_allclose(times, [1.0, 0.975, 0.95, 0.925, 0.9], rtol=1e-6)
+    chunk = np.arange(12, dtype=np.float32).reshape(4, 3)
+    np.testing.assert_array_equal(system1.plan_slice(chunk, 2, 3), chunk[[2, 3, 3]])
+    with pytest.raises(ValueError, match="start_step"):
+        system1.plan_slice(chunk, -1, 2)
+    # θ1 = 1 re-noises completely; θ1 = 0 keeps the plan.
+    noise = np.ones((2, 3), np.float32)
+    np.testing.assert_array_equal(system1.renoise(chunk[:2], noise, 0.0), chunk[:2])
+    np.testing.assert_array_equal(system1.renoise(chunk[:2], noise, 1.0), noise)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"images": np.zeros((1, 32, 32, 3), np.uint8)}, "images are uint8"),
+        ({"images": np.zeros((2, 32, 32, 3), np.float32)}, "expects uint8"),
+        ({"state": np.zeros(6, np.float32)}, "state has shape"),
+        ({"state": np.array([0, 0, np.nan, 0, 0, 0, 0], np.float32)}, "NaN or Inf"),
+        ({"instruction": "touch " * 20}, "at most 12"),
+        ({"instruction": None}, "must be a str"),
+    ],
+)
+def test_bad_observations_are_named(policy: DualSystemPolicy, change: dict, message: str) -> None:
+    with pytest.raises(InferenceInputError, match=message):
+        policy.plan(observation(policy, **change), np.random.default_rng(0))
+
+
+def test_unknown_words_map_to_unk(policy: DualSystemPolicy) -> None:
+    ids, mask = policy.tokenizer.encode("touch the zorblax")
+    assert ids[0, 2] == policy.tokenizer.unk_id and mask[0].sum() == 3
+
+
+def test_backend_refuses_wrong_feeds(policy: DualSystemPolicy) -> None:
+    with pytest.raises(InferenceInputError, match="'value': input 'actions' is float32"):
+        policy.backend.run(
+            "value",
+            {
+                "value_summary": np.zeros((1, 64), np.float32),
+                "actions": np.zeros((2, 8, 7), np.float32),
+            },
+        )
+    with pytest.raises(InferenceInputError, match="'actions' missing"):
+        policy.backend.run("value", {"value_summary": np.zeros((1, 64), np.float32)})
+    with pytest.raises(InferenceInputError, match="unknown graph 'decoder'"):
+        policy.backend.run("decoder", {})
+
+
+def test_sampling_must_fit_the_graphs(policy: DualSystemPolicy) -> None:
+    with pytest.raises(InferenceInputError, match="take 5 candidates"):
+        policy.with_sampling(candidates=3)
+    fewer_steps = policy.with_sampling(denoise_steps=2)
+    assert fewer_steps.plan(observation(policy), np.random.default_rng(0)).chunk.shape == (8, 7)
+
+
+def test_provider_selection(tiny_bundle: Path, tmp_path: Path) -> None:
+    everything = [TENSORRT, CUDA, CPU]
+    cache = tmp_path / "engines"
+    chosen = select_providers(BackendConfig(), "fp16", cache, available=everything)
+    assert [name for name, _ in chosen] == [TENSORRT, CUDA, CPU]
+    trt = chosen[0][1]
+    assert trt["trt_fp16_enable"] is True and trt["trt_engine_cache_path"] == str(cache)
+    assert trt["trt_timing_cache_enable"] is True
+    assert (
+        select_providers(BackendConfig(), "fp32", cache, everything)[0][1]["trt_fp16_enable"]
+        is False
+    )
+    assert [n for n, _ in select_providers(BackendConfig(), "fp32", cache, [CPU])] == [CPU]
+    # Asking by name for what is absent is an error, not a silent fallback.
+    with pytest.raises(BackendUnavailable, match="TensorrtExecutionProvider"):
+        select_providers(BackendConfig(providers=(TENSORRT,)), "fp32", cache, [CPU])
+    backend = OnnxRuntimeBackend.from_bundle(
+        load_bundle(tiny_bundle), BackendConfig(intra_op_threads=1, warmup_runs=2)
+    )
+    assert backend.providers == [CPU]
+    assert set(backend.warmup_s) == {"prefix", "expert_step", "value", "system1"}
