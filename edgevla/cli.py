@@ -59,7 +59,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         )
     worst = min(
         o.cosine
-        for group in (*manifest.parity.graphs.values(), manifest.parity.plan)
+        for group in (*manifest.parity.graphs.values(), manifest.parity.plan, manifest.parity.react)
         for o in group.values()
     )
     out.print(
@@ -100,7 +100,8 @@ def cmd_model_info(args: argparse.Namespace) -> int:
     out.print(flops)
     out.print(
         f"prefix: {cfg.prefix_len} tokens ({cfg.num_visual_tokens} visual); "
-        f"cache {cfg.n_layers}×2×{cfg.n_kv_heads}×{cfg.prefix_len}×{cfg.head_dim}"
+        f"cache: k and v, each [layers {cfg.n_layers}, 1, kv heads {cfg.n_kv_heads}, "
+        f"tokens {cfg.prefix_len}, head dim {cfg.head_dim}]"
     )
     return 0
 

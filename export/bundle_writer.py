@@ -1,7 +1,9 @@
-"""Write a bundle: export graphs, pass the parity gate, record everything, then publish atomically.
+"""Write a bundle: export graphs, pass the parity gate, record everything, then publish.
 
 All work happens in a temporary sibling directory; only a bundle that passed the gate and
-re-loads cleanly is renamed into place, so a failed export leaves nothing behind.
+re-loads cleanly is renamed into place, so a failed export leaves nothing behind and a reader
+never sees a half-written bundle. Replacing an existing bundle (`overwrite`) takes two renames:
+between them the path is briefly absent (a reader gets BundleFileMissing, never a mix).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from edgevla.export.checkpoint import ReferencePolicy
-from edgevla.export.onnx_export import export_graph, model_at_precision
+from edgevla.export.onnx_export import export_graph, external_data_file, model_at_precision
 from edgevla.export.parity import ParityError, failures, run_parity_gate
 from edgevla.runtime.backend import CPU, BackendConfig, OnnxRuntimeBackend
 from edgevla.runtime.bundle import load_bundle, sha256_file
@@ -64,6 +66,8 @@ class ExportOptions:
     parity_observations: int = 3
     parity_seed: int = 0
     opset: int | None = None
+    # Models with more parameter bytes than this keep each graph's weights in `<graph>.onnx.data`.
+    external_data_min_bytes: int = 1 << 30
 
     def sampling(self) -> Sampling:
         return Sampling(
@@ -88,6 +92,10 @@ def library_versions() -> dict[str, str]:
 
 
 def _publish(staging: Path, out: Path, overwrite: bool) -> None:
+    # mkdtemp makes the directory owner-only; the robot service may run as another user.
+    staging.chmod(0o755)
+    for file in staging.rglob("*"):
+        file.chmod(0o644)
     if not out.exists():
         staging.rename(out)
         return
@@ -118,9 +126,13 @@ def export_bundle(
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         model = model_at_precision(policy.model, options.precision)
+        weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        external = weight_bytes > options.external_data_min_bytes
         for name, spec in specs.items():
             on_progress(f"exporting graph {name} ({options.precision})")
-            export_graph(model, spec, options.precision, staging / f"{name}.onnx", options.opset)
+            export_graph(
+                model, spec, options.precision, staging / f"{name}.onnx", options.opset, external
+            )
         policy.tokenizer.save(str(staging / TOKENIZER_FILE))
 
         on_progress("parity gate")
@@ -161,6 +173,9 @@ def export_bundle(
             graphs={
                 name: GraphEntry(
                     file=f"{name}.onnx",
+                    data_file=data.name
+                    if (data := external_data_file(staging / f"{name}.onnx")).exists()
+                    else None,
                     inputs=[TensorEntry(t.name, list(t.shape), t.dtype) for t in spec.inputs],
                     outputs=[TensorEntry(t.name, list(t.shape), t.dtype) for t in spec.outputs],
                 )

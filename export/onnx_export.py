@@ -132,14 +132,23 @@ def onnx_signature(model: onnx.ModelProto) -> dict[str, list[TensorSpec]]:
     return {"inputs": specs(list(model.graph.input)), "outputs": specs(list(model.graph.output))}
 
 
+def external_data_file(path: Path) -> Path:
+    """Where the exporter puts a graph's weights when they live outside the graph file."""
+    return path.with_name(path.name + ".data")
+
+
 def export_graph(
     model: DualSystemVLA,
     spec: GraphSpec,
     precision: str,
     path: Path,
     opset: int | None = None,
+    external_data: bool = False,
 ) -> None:
-    """Trace `spec.name` of `model` (already at `precision`) into `path` and check its signature."""
+    """Trace `spec.name` of `model` (already at `precision`) into `path` and check its signature.
+
+    With `external_data` the weights go to `<path>.data` (needed past protobuf's 2 GiB limit).
+    """
     module = graph_module(model, spec.name, precision)
     rng = np.random.default_rng(0)
     args = tuple(example_tensor(t, rng, model.cfg.vocab_size) for t in spec.inputs)
@@ -154,13 +163,13 @@ def export_graph(
                 output_names=[t.name for t in spec.outputs],
                 opset_version=opset,
                 dynamo=True,
-                external_data=False,
+                external_data=external_data,
                 optimize=True,
             )
         except Exception as exc:  # the exporter raises many types; name the graph
             raise ExportError(f"exporting graph {spec.name!r} failed: {exc}") from exc
-    proto = onnx.load(str(path))
-    onnx.checker.check_model(proto)
+    onnx.checker.check_model(str(path))  # by path: works past 2 GiB with external data
+    proto = onnx.load(str(path), load_external_data=False)
     got = onnx_signature(proto)
     for side in ("inputs", "outputs"):
         want = list(getattr(spec, side))

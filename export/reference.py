@@ -13,7 +13,8 @@
 - System 1: a light transformer that denoises a slice of the plan from the newest frame and state.
 
 Everything here is traceable by `torch.onnx.export` at static shapes; `precision="fp16"` casts
-the weights while norms, softmax and the time embedding are computed in float32.
+the weights while RMSNorm statistics, attention softmax and the time embedding are computed in
+float32 (the ViT and System 1 LayerNorms run at the weights' precision).
 """
 
 from __future__ import annotations

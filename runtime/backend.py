@@ -62,6 +62,7 @@ class BackendConfig:
 
 
 def default_engine_cache(bundle_dir: Path) -> Path:
+    bundle_dir = bundle_dir.resolve()  # "." has no name to derive a sibling from
     return bundle_dir.with_name(bundle_dir.name + ".engines")
 
 

@@ -13,12 +13,19 @@ import msgspec
 from edgevla.runtime.errors import (
     BundleFileMissing,
     BundleHashMismatch,
+    BundleParityFailed,
     BundleSchemaError,
     BundleShapeMismatch,
     ConfigError,
 )
 from edgevla.runtime.manifest import MANIFEST_NAME, SCHEMA_VERSION, Manifest, decode_manifest
-from edgevla.runtime.model_config import GRAPH_NAMES, GraphSpec, ModelConfig, graph_specs
+from edgevla.runtime.model_config import (
+    GRAPH_NAMES,
+    PRECISIONS,
+    GraphSpec,
+    ModelConfig,
+    graph_specs,
+)
 
 _HASH_BLOCK = 1 << 20
 
@@ -57,8 +64,12 @@ class Bundle:
 
 
 def _field_of(exc: msgspec.ValidationError) -> str | None:
-    match = re.search(r"at `\$\.?([^`]*)`", str(exc))
-    return match.group(1) if match else None
+    """The manifest field a msgspec error is about, as a dotted path."""
+    text = str(exc)
+    at = re.search(r"at `\$\.?([^`]*)`", text)
+    named = re.search(r"(?:unknown|required) field `([^`]*)`", text)
+    parts = [at.group(1) if at else "", named.group(1) if named else ""]
+    return ".".join(p for p in parts if p) or None
 
 
 def read_manifest(bundle_dir: Path) -> Manifest:
@@ -91,6 +102,13 @@ def read_manifest(bundle_dir: Path) -> Manifest:
 def _check_files(bundle_dir: Path, manifest: Manifest) -> None:
     manifest_path = bundle_dir / MANIFEST_NAME
     referenced = {f"graphs.{name}.file": g.file for name, g in manifest.graphs.items()}
+    referenced.update(
+        {
+            f"graphs.{name}.data_file": g.data_file
+            for name, g in manifest.graphs.items()
+            if g.data_file
+        }
+    )
     referenced["tokenizer.file"] = manifest.tokenizer.file
     for field, rel in referenced.items():
         if rel not in manifest.files:
@@ -101,6 +119,11 @@ def _check_files(bundle_dir: Path, manifest: Manifest) -> None:
             raise BundleSchemaError(manifest_path, f"files.{rel}", "paths must stay in the bundle")
         if not file.is_file():
             raise BundleFileMissing(file, f"files.{rel}", "listed in the manifest but not present")
+        size = file.stat().st_size
+        if size != entry.bytes:
+            raise BundleHashMismatch(
+                file, f"files.{rel}.bytes", f"is {size} bytes, manifest records {entry.bytes}"
+            )
         actual = sha256_file(file)
         if actual != entry.sha256:
             raise BundleHashMismatch(
@@ -108,6 +131,33 @@ def _check_files(bundle_dir: Path, manifest: Manifest) -> None:
                 f"files.{rel}.sha256",
                 f"sha256 is {actual[:16]}…, manifest records {entry.sha256[:16]}…",
             )
+
+
+def _check_unlisted(bundle_dir: Path, manifest: Manifest) -> None:
+    """Everything in a bundle is hash-checked: a file the manifest does not list is refused."""
+    listed = set(manifest.files) | {MANIFEST_NAME}
+    for file in sorted(p for p in bundle_dir.rglob("*") if p.is_file()):
+        rel = file.relative_to(bundle_dir).as_posix()
+        if rel not in listed:
+            raise BundleSchemaError(file, "files", "present in the bundle but not in the manifest")
+
+
+def _check_sampling(bundle_dir: Path, manifest: Manifest) -> None:
+    s, path = manifest.sampling, bundle_dir / MANIFEST_NAME
+    rules = [
+        ("candidates", s.candidates >= 1, "must be >= 1"),
+        ("denoise_steps", s.denoise_steps >= 1, "must be >= 1"),
+        ("start_time_min", 0.0 < s.start_time_min <= s.start_time_max, "must be in (0, max]"),
+        ("start_time_max", s.start_time_max <= 1.0, "must be <= 1"),
+        ("noise_temperature", s.noise_temperature > 0.0, "must be > 0"),
+        ("s1_steps", s.s1_steps >= 1, "must be >= 1"),
+        ("s1_theta", 0.0 < s.s1_theta <= 1.0, "must be in (0, 1]"),
+    ]
+    for field, ok, rule in rules:
+        if not ok:
+            raise BundleSchemaError(path, f"sampling.{field}", f"{getattr(s, field)!r} {rule}")
+    if not manifest.action_space.step_period_s > 0:
+        raise BundleSchemaError(path, "action_space.step_period_s", "must be > 0")
 
 
 def _check_signatures(bundle_dir: Path, manifest: Manifest, specs: dict[str, GraphSpec]) -> None:
@@ -179,12 +229,22 @@ def load_bundle(path: Path | str) -> Bundle:
     bundle_dir = Path(path)
     manifest = read_manifest(bundle_dir)
     manifest_path = bundle_dir / MANIFEST_NAME
+    if manifest.precision not in PRECISIONS:
+        raise BundleSchemaError(
+            manifest_path, "precision", f"{manifest.precision!r} is not one of {PRECISIONS}"
+        )
+    _check_sampling(bundle_dir, manifest)
     try:
         cfg = ModelConfig.from_dict(manifest.model)
-        specs = graph_specs(cfg, manifest.sampling.candidates, manifest.precision)
     except ConfigError as exc:
         raise BundleSchemaError(manifest_path, "model", str(exc)) from exc
+    specs = graph_specs(cfg, manifest.sampling.candidates, manifest.precision)
     _check_files(bundle_dir, manifest)
+    _check_unlisted(bundle_dir, manifest)
     _check_signatures(bundle_dir, manifest, specs)
     _check_spaces(bundle_dir, manifest, cfg)
+    if not manifest.parity.passed:
+        raise BundleParityFailed(
+            manifest_path, "parity.passed", "the export's parity gate did not pass"
+        )
     return Bundle(path=bundle_dir, manifest=manifest, model=cfg, specs=specs)

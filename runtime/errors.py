@@ -40,6 +40,10 @@ class BundleShapeMismatch(BundleError):
     """A graph's inputs or outputs disagree with the manifest or with the model config."""
 
 
+class BundleParityFailed(BundleError):
+    """The manifest records that the exported graphs failed the parity gate."""
+
+
 class InferenceInputError(EdgeVlaError, ValueError):
     """An observation or tensor handed to the policy has the wrong shape, dtype or values."""
 

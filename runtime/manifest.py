@@ -24,6 +24,7 @@ class GraphEntry(_Strict):
     file: str
     inputs: list[TensorEntry]
     outputs: list[TensorEntry]
+    data_file: str | None = None  # weights outside the graph file (graphs past 2 GiB)
 
 
 class FileEntry(_Strict):

@@ -15,6 +15,7 @@ import msgspec
 from edgevla.runtime.errors import ConfigError
 
 GRAPH_NAMES = ("prefix", "expert_step", "value", "system1")
+PRECISIONS = ("fp32", "fp16")
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,9 @@ class ModelConfig:
             (self.n_heads % self.n_kv_heads == 0, "n_heads must be a multiple of n_kv_heads"),
             (self.vit_width % self.vit_heads == 0, "vit_width must be a multiple of vit_heads"),
             (self.s1_width % self.s1_heads == 0, "s1_width must be a multiple of s1_heads"),
+            (self.head_dim % 2 == 0, "head_dim must be even (RoPE rotates pairs)"),
+            (self.expert_width % 2 == 0, "expert_width must be even (time embedding)"),
+            (self.s1_width % 2 == 0, "s1_width must be even (time embedding)"),
             (self.value_horizon <= self.chunk_len, "value_horizon must be <= chunk_len"),
             (self.s1_horizon <= self.chunk_len, "s1_horizon must be <= chunk_len"),
         ]
@@ -91,10 +95,17 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: Any) -> ModelConfig:
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+            if unknown:
+                raise ConfigError(f"model config has unknown fields {unknown}")
         try:
             return msgspec.convert(data, cls)
         except msgspec.ValidationError as exc:
-            raise ConfigError(f"model config: {exc}") from exc
+            # msgspec wraps errors raised by __post_init__; don't repeat their prefix.
+            text = str(exc)
+            message = text if text.startswith("model config") else f"model config: {text}"
+            raise ConfigError(message) from exc
 
 
 @dataclass(frozen=True)
@@ -113,7 +124,7 @@ class GraphSpec:
 
 def cache_dtype(precision: str) -> str:
     """The prefix KV cache crosses between graphs in the compute precision (fp16: half size)."""
-    if precision not in ("fp32", "fp16"):
+    if precision not in PRECISIONS:
         raise ConfigError(f"precision must be 'fp32' or 'fp16', got {precision!r}")
     return "float16" if precision == "fp16" else "float32"
 

@@ -17,6 +17,7 @@ from edgevla.export.parity import ParityError, parity_inputs
 from edgevla.export.reference_policy import torch_plan, torch_react
 from edgevla.runtime import system1, system2
 from edgevla.runtime.bundle import load_bundle
+from edgevla.runtime.errors import BundleHashMismatch
 from edgevla.runtime.policy import DualSystemPolicy
 
 
@@ -100,8 +101,8 @@ def _corrupting_export(target: str):
     """Wrap the real exporter so that `target` comes out with one weight matrix perturbed."""
     real = bundle_writer.export_graph
 
-    def export(model, spec, precision, path, opset=None):
-        real(model, spec, precision, path, opset)
+    def export(model, spec, precision, path, *rest):
+        real(model, spec, precision, path, *rest)
         if spec.name != target:
             return
         proto = onnx.load(str(path))
@@ -136,10 +137,10 @@ def test_export_error_midway_leaves_nothing(
 ) -> None:
     real = bundle_writer.export_graph
 
-    def export(model, spec, precision, path, opset=None):
+    def export(model, spec, precision, path, *rest):
         if spec.name == "value":
             raise ExportError("exporting graph 'value' failed: injected")
-        real(model, spec, precision, path, opset)
+        real(model, spec, precision, path, *rest)
 
     monkeypatch.setattr(bundle_writer, "export_graph", export)
     with pytest.raises(ExportError, match="'value'"):
@@ -174,3 +175,27 @@ def test_same_seed_same_bundle_graphs(
         assert [numpy_helper.to_array(t).tobytes() for t in a] == [
             numpy_helper.to_array(t).tobytes() for t in b
         ]
+
+
+def test_external_weight_files_are_bundled_and_hash_checked(
+    tiny_policy: ReferencePolicy, tiny_bundle: Path, tmp_path: Path
+) -> None:
+    """Graphs past protobuf's 2 GiB keep weights in `<graph>.onnx.data`; forced here at 0 bytes."""
+    out = tmp_path / "external"
+    export_bundle(tiny_policy, out, ExportOptions(parity_observations=1, external_data_min_bytes=0))
+    bundle = load_bundle(out)
+    assert bundle.manifest.graphs["prefix"].data_file == "prefix.onnx.data"
+    assert "prefix.onnx.data" in bundle.manifest.files
+    obs_policy = DualSystemPolicy(bundle)
+    embedded = DualSystemPolicy.from_dir(str(tiny_bundle))
+    obs = parity_inputs_for(embedded)
+    np.testing.assert_array_equal(
+        obs_policy.plan(obs, np.random.default_rng(0)).chunk,
+        embedded.plan(obs, np.random.default_rng(0)).chunk,
+    )
+    data = out / "expert_step.onnx.data"
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    data.write_bytes(bytes(raw))
+    with pytest.raises(BundleHashMismatch, match=r"expert_step\.onnx\.data"):
+        load_bundle(out)
