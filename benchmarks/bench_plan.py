@@ -223,13 +223,9 @@ def main() -> int:
     console.print(f"ort_shared phases: {phase_text}")
     for name, value in ratios.items():
         goal = record["goals"].get(name)
-        verdict = (
-            ""
-            if goal is None
-            else (
-                " (goal ≥ %.1f× met)" % goal if value >= goal else " (goal ≥ %.1f× NOT met)" % goal
-            )
-        )
+        verdict = ""
+        if goal is not None:
+            verdict = f" (goal ≥ {goal:.1f}× {'met' if value >= goal else 'NOT met'})"
         console.print(f"{name}: {value:.2f}×{verdict}")
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = record["created_utc"].replace(":", "").replace("-", "")

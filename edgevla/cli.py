@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from edgevla.log import setup_logging
@@ -118,7 +119,7 @@ def cmd_bundle_verify(args: argparse.Namespace) -> int:
         # Opening every graph checks its real inputs/outputs against the manifest.
         OnnxRuntimeBackend.from_bundle(bundle, BackendConfig(providers=(CPU,), warmup_runs=0))
     except EdgeVlaError as exc:
-        err.print(f"[red]REFUSED[/red] {exc}")
+        err.print(f"[red]REFUSED[/red] {escape(str(exc))}")
         return 1
     out.print(
         f"[green]OK[/green] {args.bundle}: {len(bundle.manifest.files)} files hash-checked, "
@@ -134,7 +135,7 @@ def cmd_bundle_info(args: argparse.Namespace) -> int:
     try:
         bundle = load_bundle(args.bundle)
     except EdgeVlaError as exc:
-        err.print(f"[red]REFUSED[/red] {exc}")
+        err.print(f"[red]REFUSED[/red] {escape(str(exc))}")
         return 1
     m, cfg = bundle.manifest, bundle.model
     out.print(f"[bold]{bundle.path}[/bold]  schema {m.schema_version}, created {m.created_utc}")
@@ -193,9 +194,9 @@ def cmd_bundle_warmup(args: argparse.Namespace) -> int:
             "JetPack's onnxruntime-gpu built with TensorRT."
         )
         if args.require_tensorrt:
-            err.print(f"[red]FAILED[/red] {message}")
+            err.print(f"[red]FAILED[/red] {escape(message)}")
             return 1
-        err.print(f"[yellow]note[/yellow] {message} Warming up what is available.")
+        err.print(f"[yellow]note[/yellow] {escape(message)} Warming up what is available.")
     providers = "auto" if args.providers == "auto" else tuple(args.providers.split(","))
     backend = OnnxRuntimeBackend.from_bundle(
         load_bundle(args.bundle), BackendConfig(providers=providers, warmup_runs=args.runs)
@@ -288,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except EdgeVlaError as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
         return 1
     except KeyboardInterrupt:
         err.print("interrupted")

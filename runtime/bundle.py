@@ -97,6 +97,8 @@ def read_manifest(bundle_dir: Path) -> Manifest:
         return decode_manifest(raw)
     except msgspec.ValidationError as exc:
         raise BundleSchemaError(path, _field_of(exc), str(exc)) from exc
+    except msgspec.DecodeError as exc:  # e.g. NaN/Infinity, which Python's json lets through
+        raise BundleSchemaError(path, None, f"not valid JSON ({exc})") from exc
 
 
 def _check_files(bundle_dir: Path, manifest: Manifest) -> None:

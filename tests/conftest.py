@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+
 from edgevla.export.bundle_writer import ExportOptions, export_bundle
 from edgevla.export.checkpoint import ReferencePolicy, init_policy
 from edgevla.export.configs import get_config
