@@ -2,8 +2,10 @@
 
   python benchmarks/bench_plan.py [--config small] [--candidates 5] [--repeats 20]
 
-Compares, on identical inputs and noise, round-robin so that machine drift hits all alike:
+Compares, on identical inputs and noise, in blocks of repeats per method, the block order
+reversed on the second pass (ABBA) so that machine drift hits all alike:
   ort_shared     onnxruntime, one prefix, N candidates batched over its cache (edgevla)
+  ort_shared_own_pools  the same with a thread pool per graph instead of one shared pool
   torch_shared   PyTorch eager, same arithmetic (the export-side reference)
   ort_percand    onnxruntime, Hume's released pattern: prefix + K steps per candidate
   torch_percand  PyTorch eager, the same per-candidate pattern
@@ -23,6 +25,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -74,7 +77,7 @@ def main() -> int:
     parser.add_argument("--config", default="small")
     parser.add_argument("--candidates", type=int, default=5)
     parser.add_argument("--denoise-steps", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=20, help="per method, over two passes")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--seed", type=int, default=0)
@@ -100,6 +103,10 @@ def main() -> int:
         backend_config = BackendConfig(
             providers=(CPU,), intra_op_threads=args.threads, warmup_runs=2
         )
+        # Per-session pools must exist before onnxruntime's shared pool is created.
+        own_pools = OnnxRuntimeBackend.from_bundle(
+            load_bundle(Path(tmp) / f"n{n}"), replace(backend_config, thread_pool="per_session")
+        )
         shared = OnnxRuntimeBackend.from_bundle(load_bundle(Path(tmp) / f"n{n}"), backend_config)
         single = OnnxRuntimeBackend.from_bundle(load_bundle(Path(tmp) / "n1"), backend_config)
 
@@ -112,6 +119,9 @@ def main() -> int:
 
         def ort_shared() -> system2.PlanResult:
             return system2.plan(shared, inputs, noise, starts, k)
+
+        def ort_shared_own_pools() -> system2.PlanResult:
+            return system2.plan(own_pools, inputs, noise, starts, k)
 
         def torch_shared() -> object:
             return torch_plan(policy.model, inputs, noise, starts, k)
@@ -147,6 +157,7 @@ def main() -> int:
         assert ort_percand() == reference.chosen == torch_percand()
         methods = {
             "ort_shared": ort_shared,
+            "ort_shared_own_pools": ort_shared_own_pools,
             "torch_shared": torch_shared,
             "ort_percand": ort_percand,
             "torch_percand": torch_percand,
@@ -155,13 +166,18 @@ def main() -> int:
         }
         samples: dict[str, list[float]] = {name: [] for name in methods}
         phases: dict[str, list[float]] = {"prefix_s": [], "denoise_s": [], "value_s": []}
-        for _ in range(args.warmup):
-            for fn in methods.values():
-                fn()
-        for i in range(args.repeats):
-            console.print(f"round {i + 1}/{args.repeats}", end="\r")
-            for name, fn in methods.items():
-                samples[name].append(timed(fn))
+        # Blocks, not round-robin: onnxruntime's and torch's thread pools spin-wait after work,
+        # and interleaving calls on two cores makes each library pay for the other's spinning.
+        order = list(methods)
+        for pass_ in range(2):
+            for name in order if pass_ == 0 else reversed(order):
+                console.print(f"pass {pass_ + 1}/2: {name}            ", end="\r")
+                time.sleep(0.5)  # let the previous library's spinning threads go idle
+                for _ in range(args.warmup):
+                    methods[name]()
+                for _ in range(args.repeats // 2):
+                    samples[name].append(timed(methods[name]))
+        for _ in range(args.repeats // 2):
             for phase, value in ort_shared().timings_s.items():
                 if phase in phases:
                     phases[phase].append(value)
@@ -174,6 +190,7 @@ def main() -> int:
         "shared_prefix_vs_per_candidate_ort": med["ort_percand"] / med["ort_shared"],
         "shared_prefix_vs_per_candidate_torch": med["torch_percand"] / med["torch_shared"],
         "ort_vs_torch_eager_s1_step": med["torch_s1_step"] / med["ort_s1_step"],
+        "shared_vs_per_session_thread_pools": med["ort_shared_own_pools"] / med["ort_shared"],
         "flops_per_candidate_vs_shared": flops.per_candidate_prefix_flops / flops.plan_flops,
     }
     record = {

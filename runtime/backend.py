@@ -17,7 +17,12 @@ import numpy as np
 import onnxruntime as ort
 
 from edgevla.runtime.bundle import Bundle
-from edgevla.runtime.errors import BackendUnavailable, BundleShapeMismatch, InferenceInputError
+from edgevla.runtime.errors import (
+    BackendUnavailable,
+    BundleShapeMismatch,
+    ConfigError,
+    InferenceInputError,
+)
 from edgevla.runtime.model_config import GraphSpec, TensorSpec
 
 log = logging.getLogger(__name__)
@@ -53,6 +58,13 @@ class BackendConfig:
     providers: str | tuple[str, ...] = "auto"
     intra_op_threads: int = 0  # 0: onnxruntime's default (one per physical core)
     inter_op_threads: int = 1
+    # "shared": every graph runs on onnxruntime's process-wide thread pool. "per_session": each
+    # graph gets its own pool; a plan alternates four graphs, and each pool's threads spin-wait
+    # after their work and steal the cores from the next graph's (measured: plan 1.9x slower on
+    # 2 cores, docs/benchmarks.md).
+    thread_pool: str = "shared"
+    # Per-session pools only (the Python API has no spin control for the shared pool).
+    allow_spinning: bool = True
     warmup_runs: int = 1
     # TensorRT engines and timing cache; default: a sibling `<bundle>.engines/` so the hash-checked
     # bundle directory itself is never written to.
@@ -138,6 +150,19 @@ def check_session_signature(session: ort.InferenceSession, spec: GraphSpec, file
                 )
 
 
+def _ensure_shared_thread_pool(config: BackendConfig) -> None:
+    """Create onnxruntime's process-wide thread pools, or keep the ones that already exist.
+
+    onnxruntime allows this once per process; a second backend shares the first one's pools.
+    """
+    try:
+        ort.set_global_thread_pool_sizes(config.intra_op_threads, config.inter_op_threads)
+    except Exception as exc:  # onnxruntime raises its own Fail type
+        if "already been created" not in str(exc):
+            raise
+        log.debug("onnxruntime's shared thread pools exist already; keeping their sizes")
+
+
 def _placeholder(spec: TensorSpec) -> np.ndarray:
     if spec.dtype == "bool":
         return np.ones(spec.shape, dtype=bool)
@@ -167,13 +192,33 @@ class OnnxRuntimeBackend:
         if any(name == TENSORRT for name, _ in providers):
             cache.mkdir(parents=True, exist_ok=True)
         options = ort.SessionOptions()
-        options.intra_op_num_threads = self.config.intra_op_threads
-        options.inter_op_num_threads = self.config.inter_op_threads
+        if self.config.thread_pool == "shared":
+            _ensure_shared_thread_pool(self.config)
+            options.use_per_session_threads = False
+        elif self.config.thread_pool == "per_session":
+            options.intra_op_num_threads = self.config.intra_op_threads
+            options.inter_op_num_threads = self.config.inter_op_threads
+            options.add_session_config_entry(
+                "session.intra_op.allow_spinning", "1" if self.config.allow_spinning else "0"
+            )
+        else:
+            raise ConfigError(
+                f"thread_pool must be 'shared' or 'per_session', got {self.config.thread_pool!r}"
+            )
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self._sessions: dict[str, ort.InferenceSession] = {}
         for name, spec in self.specs.items():
             file = Path(graphs[name])
-            session = ort.InferenceSession(str(file), options, providers=providers)
+            try:
+                session = ort.InferenceSession(str(file), options, providers=providers)
+            except RuntimeError as exc:
+                if "use_per_session_threads must be false" not in str(exc):
+                    raise
+                raise ConfigError(
+                    "thread_pool='per_session' is impossible in this process: onnxruntime's "
+                    "shared thread pool was created first (use 'shared', or per-session pools "
+                    "from the start)"
+                ) from exc
             check_session_signature(session, spec, file)
             self._sessions[name] = session
         self._providers = next(iter(self._sessions.values())).get_providers()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,7 @@ from edgevla.runtime.backend import (
     select_providers,
 )
 from edgevla.runtime.bundle import load_bundle
-from edgevla.runtime.errors import BackendUnavailable, InferenceInputError
+from edgevla.runtime.errors import BackendUnavailable, ConfigError, InferenceInputError
 from edgevla.runtime.policy import DualSystemPolicy, Observation
 
 
@@ -158,3 +160,33 @@ def test_provider_selection(tiny_bundle: Path, tmp_path: Path) -> None:
     )
     assert backend.providers == [CPU]
     assert set(backend.warmup_s) == {"prefix", "expert_step", "value", "system1"}
+
+
+def test_thread_pool_modes_give_the_same_plan(tiny_bundle: Path, policy: DualSystemPolicy) -> None:
+    """Per-session pools run in a fresh interpreter: this one already made the shared pool."""
+    bundle = load_bundle(tiny_bundle)
+    with pytest.raises(ConfigError, match="per_session' is impossible in this process"):
+        OnnxRuntimeBackend.from_bundle(bundle, BackendConfig(thread_pool="per_session"))
+    with pytest.raises(ConfigError, match="thread_pool must be"):
+        OnnxRuntimeBackend.from_bundle(bundle, BackendConfig(thread_pool="bogus"))
+    script = f"""
+import numpy as np, sys
+from edgevla.runtime.backend import BackendConfig, OnnxRuntimeBackend
+from edgevla.runtime.bundle import load_bundle
+from edgevla.runtime.policy import DualSystemPolicy, Observation
+bundle = load_bundle({str(tiny_bundle)!r})
+policy = DualSystemPolicy(
+    bundle, OnnxRuntimeBackend.from_bundle(bundle, BackendConfig(thread_pool="per_session"))
+)
+images = np.frombuffer(sys.stdin.buffer.read(), np.uint8).reshape(2, 32, 32, 3)
+state = np.asarray(bundle.manifest.normalization.state_mean)
+obs = Observation(images, state, "touch the red cube")
+sys.stdout.buffer.write(policy.plan(obs, np.random.default_rng(2)).chunk.tobytes())
+"""
+    obs = observation(policy)
+    done = subprocess.run(
+        [sys.executable, "-c", script], input=obs.images.tobytes(), capture_output=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    theirs = np.frombuffer(done.stdout, np.float32).reshape(8, 7)
+    np.testing.assert_allclose(policy.plan(obs, np.random.default_rng(2)).chunk, theirs, atol=1e-6)
