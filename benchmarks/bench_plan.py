@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -33,7 +34,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from edgevla.export.bundle_writer import ExportOptions, export_bundle, library_versions
+from edgevla.export.bundle_writer import library_versions
 from edgevla.export.checkpoint import init_policy
 from edgevla.export.configs import get_config
 from edgevla.export.model_stats import model_stats
@@ -92,12 +93,31 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="edgevla-bench-") as tmp:
         export_s = {}
         for count in (n, 1):
+            # A child process, as a user runs it: this one must start without onnxruntime's
+            # shared thread pool so that it can also time per-session pools.
             start = time.perf_counter()
             with console.status(f"exporting '{cfg.name}' with N={count} (graphs + parity gate)"):
-                export_bundle(
-                    policy,
-                    Path(tmp) / f"n{count}",
-                    ExportOptions(candidates=count, denoise_steps=k, parity_observations=1),
+                subprocess.run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "edgevla.cli",
+                        "export",
+                        "--config",
+                        cfg.name,
+                        "--seed",
+                        str(args.seed),
+                        "--out",
+                        str(Path(tmp) / f"n{count}"),
+                        "--candidates",
+                        str(count),
+                        "--denoise-steps",
+                        str(k),
+                        "--parity-observations",
+                        "1",
+                    ],
+                    check=True,
+                    stdout=subprocess.DEVNULL,
                 )
             export_s[count] = time.perf_counter() - start
         backend_config = BackendConfig(

@@ -65,7 +65,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     )
     out.print(
         f"bundle written: {args.out} ({manifest.precision}, N={manifest.sampling.candidates}, "
-        f"parity passed, worst cosine {worst:.6f})"
+        f"parity passed, worst cosine {worst:.7f})"
     )
     return 0
 
