@@ -216,7 +216,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edgevla", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="edgevla",
+        description="Export, verify and run dual-system VLA robot policies on the robot computer.",
+        epilog="Exit codes: 0 success, 1 refused or failed, 2 bad usage.",
+    )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -224,6 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
         p = on.add_parser(name, help=help_, description=help_)
         p.set_defaults(func=func)
         return p
+
+    def group(name: str, help_: str):
+        p = sub.add_parser(name, help=help_, description=help_)
+        return p.add_subparsers(dest="action", required=True, metavar="ACTION")
 
     p = add("export", cmd_export, "export a checkpoint or a seeded reference model to a bundle")
     source = p.add_mutually_exclusive_group(required=True)
@@ -237,25 +245,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parity-observations", type=_positive, default=3, metavar="M")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
 
-    checkpoint = add("checkpoint", lambda a: 2, "checkpoint tools").add_subparsers(
-        dest="action", required=True, metavar="ACTION"
-    )
+    checkpoint = group("checkpoint", "checkpoint tools")
     p = add("init", cmd_checkpoint_init, "write a seeded, untrained checkpoint", checkpoint)
     p.add_argument("--config", required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, metavar="DIR")
 
-    model = add("model", lambda a: 2, "model tools").add_subparsers(
-        dest="action", required=True, metavar="ACTION"
-    )
+    model = group("model", "model tools")
     p = add("info", cmd_model_info, "parameters and FLOPs of a named config", model)
     p.add_argument("--config", required=True)
     p.add_argument("--candidates", type=_positive, default=5, metavar="N")
     p.add_argument("--denoise-steps", type=_positive, default=10, metavar="K")
 
-    bundle = add("bundle", lambda a: 2, "bundle tools").add_subparsers(
-        dest="action", required=True, metavar="ACTION"
-    )
+    bundle = group("bundle", "bundle tools")
     p = add(
         "verify",
         cmd_bundle_verify,

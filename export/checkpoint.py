@@ -31,27 +31,13 @@ class CheckpointError(EdgeVlaError):
     """A checkpoint directory is incomplete or inconsistent."""
 
 
+# State and action share one space: measured / commanded joint positions and gripper opening.
+_UR5E_AXES = ["shoulder_pan", "shoulder_lift", "elbow", "wrist_1", "wrist_2", "wrist_3", "gripper"]
 UR5E_ACTION_SPACE = ActionSpace(
     kind="joint_position",
-    action_names=[
-        "shoulder_pan",
-        "shoulder_lift",
-        "elbow",
-        "wrist_1",
-        "wrist_2",
-        "wrist_3",
-        "gripper",
-    ],
+    action_names=list(_UR5E_AXES),
     action_units=["rad"] * 6 + ["fraction_open"],
-    state_names=[
-        "shoulder_pan",
-        "shoulder_lift",
-        "elbow",
-        "wrist_1",
-        "wrist_2",
-        "wrist_3",
-        "gripper",
-    ],
+    state_names=list(_UR5E_AXES),
     step_period_s=0.05,
 )
 

@@ -209,8 +209,7 @@ def run_parity_gate(
         choices_agree += int(ref_plan.chosen == got_plan.chosen)
         slice_ = system1.plan_slice(ref_plan.candidates[ref_plan.chosen], 1, cfg.s1_horizon)
         s1_noise = system2.sample_noise(rng, slice_.shape)
-        ref_react = torch_react(
-            model,
+        react_args = (
             inputs.images,
             inputs.state,
             slice_,
@@ -218,16 +217,9 @@ def run_parity_gate(
             sampling.s1_theta,
             sampling.s1_steps,
         )
-        got_react = system1.react(
-            backend,
-            inputs.images,
-            inputs.state,
-            slice_,
-            s1_noise,
-            sampling.s1_theta,
-            sampling.s1_steps,
+        tally.add(
+            "react", "slice", torch_react(model, *react_args), system1.react(backend, *react_args)
         )
-        tally.add("react", "slice", ref_react, got_react)
 
     graphs = {
         g: tally.report(g, thresholds.graph_cosine, thresholds.graph_max_abs)

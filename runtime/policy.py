@@ -7,6 +7,7 @@ normalisation and sampling defaults, and checks every observation before it reac
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import msgspec
 import numpy as np
@@ -56,7 +57,7 @@ class DualSystemPolicy:
         )
 
     @classmethod
-    def from_dir(cls, path: str, config: BackendConfig | None = None) -> DualSystemPolicy:
+    def from_dir(cls, path: str | Path, config: BackendConfig | None = None) -> DualSystemPolicy:
         bundle = load_bundle(path)
         return cls(bundle, OnnxRuntimeBackend.from_bundle(bundle, config))
 
