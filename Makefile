@@ -13,11 +13,19 @@ OUT    := out
 
 setup: $(STAMP)
 
+# Debian packages: OSMesa lets MuJoCo render on a CPU. Installed when run as root, else checked.
+DEBS := libosmesa6
+
 $(STAMP): pyproject.toml Makefile
+	@if [ "$$(id -u)" = 0 ]; then \
+		dpkg -s $(DEBS) >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq $(DEBS); }; \
+	else \
+		dpkg -s $(DEBS) >/dev/null 2>&1 || echo "warning: install $(DEBS) (sudo apt-get install $(DEBS))"; \
+	fi
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH_PIN)
-	$(PIP) install -q -e '.[export,dev]'
+	$(PIP) install -q -e '.[export,sim,dev]'
 	@touch $(STAMP)
 
 demo: $(STAMP)
