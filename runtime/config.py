@@ -1,0 +1,324 @@
+"""The runtime's typed configuration, read from TOML. Units are in the key names.
+
+Every key is known: an unknown key (a typo, or a unit the runtime does not use, such as
+`max_velocity_deg_s`) fails at start with the key named and the nearest known key suggested.
+Limits are checked against the robot model's own: a configured limit may tighten the robot's,
+never loosen it. docs/runtime.md is the reference.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from edgevla.runtime.errors import ConfigError
+from edgevla.runtime.kinematics import ROBOT_MODELS, RobotModel
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 on Jetson
+    import tomli as tomllib
+
+
+class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+_TAU = 2 * math.pi
+
+
+def _six(value: float) -> tuple[float, ...]:
+    return (value,) * 6
+
+
+class LimitsConfig(_Section):
+    """What the safety filter enforces on every commanded setpoint."""
+
+    # Default: UR's own joint range (elbow ±π); `joint_margin_rad` keeps targets inside it.
+    joint_min_rad: tuple[float, ...] = (-_TAU, -_TAU, -math.pi, -_TAU, -_TAU, -_TAU)
+    joint_max_rad: tuple[float, ...] = (_TAU, _TAU, math.pi, _TAU, _TAU, _TAU)
+    joint_margin_rad: float = 0.1
+    max_velocity_rad_s: tuple[float, ...] = _six(1.0)
+    max_acceleration_rad_s2: tuple[float, ...] = _six(4.0)
+    max_jerk_rad_s3: tuple[float, ...] = _six(200.0)
+    max_step_rad: float = 0.004
+    # TCP (flange) box in the robot base frame; the table top is z = 0.
+    workspace_min_m: tuple[float, ...] = (-0.9, -0.9, 0.02)
+    workspace_max_m: tuple[float, ...] = (0.9, 0.9, 1.1)
+    gripper_min: float = 0.0
+    gripper_max: float = 1.0
+    max_gripper_speed_per_s: float = 2.0
+
+
+class WatchdogConfig(_Section):
+    setpoint_hold_s: float = 0.1  # newest trajectory older than this: hold position
+    setpoint_stop_s: float = 0.3  # ... older than this: trip, controlled stop
+    camera_max_age_s: float = 0.3
+    mcu_heartbeat_timeout_s: float = 0.1
+    policy_heartbeat_timeout_s: float = 0.5
+    robot_watchdog_min_hz: float = 50.0  # robot-side: the arm stops itself if we go silent
+    startup_timeout_s: float = 120.0  # policy must be ready (bundle loaded, first plan) by then
+
+
+class RobotConfig(_Section):
+    kind: str = "sim"  # sim | ur
+    model: str = "ur5e"  # ur5e | ur5
+    host: str = "127.0.0.1"
+    realtime_priority: int = 80  # SCHED_FIFO priority of the control process, when permitted
+    initial_q_rad: tuple[float, ...] = (
+        0.0,
+        -math.pi / 2,
+        math.pi / 2,
+        -math.pi / 2,
+        -math.pi / 2,
+        0.0,
+    )
+    initial_gripper: float = 1.0
+
+
+class CamerasConfig(_Section):
+    kind: str = "sim"  # sim (realsense comes with its driver)
+    names: tuple[str, ...] = ("scene", "wrist")
+    fps: float = 30.0
+
+
+class McuConfig(_Section):
+    kind: str = "sim"  # sim (serial comes with the firmware bridge)
+    port: str = ""
+
+
+class PolicyConfig(_Section):
+    bundle: str = "out/demo-bundle"
+    instruction: str = "touch the red cube"
+    system2_rate_hz: float = 5.0
+    system1_rate_hz: float = 50.0
+    system1_enabled: bool = True
+    crossfade_s: float = 0.1  # new actions blend in over this span after the frozen part
+    seed: int = 0
+    intra_op_threads: int = 0
+
+
+class RuntimeConfig(_Section):
+    robot: RobotConfig = RobotConfig()
+    cameras: CamerasConfig = CamerasConfig()
+    mcu: McuConfig = McuConfig()
+    policy: PolicyConfig = PolicyConfig()
+    limits: LimitsConfig = LimitsConfig()
+    watchdog: WatchdogConfig = WatchdogConfig()
+
+    @property
+    def robot_model(self) -> RobotModel:
+        return ROBOT_MODELS[self.robot.model]
+
+
+def _known_keys(struct: type[msgspec.Struct], prefix: str = "") -> list[str]:
+    keys = []
+    for name, kind in zip(struct.__struct_fields__, struct.__annotations__.values(), strict=False):
+        keys.append(prefix + name)
+        nested = getattr(sys.modules[__name__], str(kind), None)
+        if isinstance(nested, type) and issubclass(nested, msgspec.Struct):
+            keys.extend(_known_keys(nested, f"{prefix}{name}."))
+    return keys
+
+
+def _explain(exc: msgspec.ValidationError, source: str) -> ConfigError:
+    text = str(exc)
+    at = re.search(r"at `\$\.?([^`]*)`", text)
+    section = at.group(1) if at else ""
+    unknown = re.search(r"unknown field `([^`]*)`", text)
+    if unknown:
+        key = f"{section}.{unknown.group(1)}" if section else unknown.group(1)
+        close = difflib.get_close_matches(key, _known_keys(RuntimeConfig), n=1, cutoff=0.6)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        if re.search(r"_(deg|rad|s|ms|us|hz|m|mm|cm|per_s|s2|s3)$", key):
+            hint += " (units are part of key names)"
+        return ConfigError(f"{source}: unknown key '{key}'{hint}")
+    key = section or "?"
+    return ConfigError(f"{source}: key '{key}': {text.split(' - at ')[0]}")
+
+
+def _check(ok: bool, key: str, message: str, source: str) -> None:
+    if not ok:
+        raise ConfigError(f"{source}: key '{key}': {message}")
+
+
+def validate(config: RuntimeConfig, source: str = "config") -> RuntimeConfig:
+    """Semantic checks: lengths, ranges, and limits that contradict the robot's own."""
+    if config.robot.model not in ROBOT_MODELS:
+        raise ConfigError(
+            f"{source}: key 'robot.model': {config.robot.model!r} is not one of "
+            f"{sorted(ROBOT_MODELS)}"
+        )
+    robot = config.robot_model
+    lim, wd, pol = config.limits, config.watchdog, config.policy
+    for key in (
+        "joint_min_rad",
+        "joint_max_rad",
+        "max_velocity_rad_s",
+        "max_acceleration_rad_s2",
+        "max_jerk_rad_s3",
+    ):
+        _check(
+            len(getattr(lim, key)) == 6, f"limits.{key}", "needs 6 values, one per joint", source
+        )
+    _check(len(config.robot.initial_q_rad) == 6, "robot.initial_q_rad", "needs 6 values", source)
+    for key in ("workspace_min_m", "workspace_max_m"):
+        _check(len(getattr(lim, key)) == 3, f"limits.{key}", "needs 3 values [x, y, z]", source)
+    for i in range(6):
+        _check(
+            lim.joint_min_rad[i] >= robot.joint_min_rad[i],
+            "limits.joint_min_rad",
+            f"joint {i}: {lim.joint_min_rad[i]:.4f} is below the {robot.name}'s own limit "
+            f"{robot.joint_min_rad[i]:.4f}",
+            source,
+        )
+        _check(
+            lim.joint_max_rad[i] <= robot.joint_max_rad[i],
+            "limits.joint_max_rad",
+            f"joint {i}: {lim.joint_max_rad[i]:.4f} is above the {robot.name}'s own limit "
+            f"{robot.joint_max_rad[i]:.4f}",
+            source,
+        )
+        _check(
+            lim.joint_max_rad[i] - lim.joint_min_rad[i] > 2 * lim.joint_margin_rad,
+            "limits.joint_margin_rad",
+            f"joint {i}: the margins leave no range",
+            source,
+        )
+        _check(
+            0 < lim.max_velocity_rad_s[i] <= robot.max_speed_rad_s[i],
+            "limits.max_velocity_rad_s",
+            f"joint {i}: {lim.max_velocity_rad_s[i]} must be in (0, {robot.max_speed_rad_s[i]:.4f}]"
+            f" (the {robot.name}'s own limit)",
+            source,
+        )
+        _check(
+            lim.max_acceleration_rad_s2[i] > 0,
+            "limits.max_acceleration_rad_s2",
+            "must be > 0",
+            source,
+        )
+        _check(lim.max_jerk_rad_s3[i] > 0, "limits.max_jerk_rad_s3", "must be > 0", source)
+        _check(
+            lim.joint_min_rad[i] + lim.joint_margin_rad
+            <= config.robot.initial_q_rad[i]
+            <= lim.joint_max_rad[i] - lim.joint_margin_rad,
+            "robot.initial_q_rad",
+            f"joint {i} starts outside the limits less their margin",
+            source,
+        )
+    _check(lim.joint_margin_rad >= 0, "limits.joint_margin_rad", "must be >= 0", source)
+    fastest = max(lim.max_velocity_rad_s) * robot.period_s
+    _check(
+        lim.max_step_rad >= fastest,
+        "limits.max_step_rad",
+        f"{lim.max_step_rad} rad is below max velocity × period ({fastest:.5f} rad): the two "
+        "limits contradict each other",
+        source,
+    )
+    for axis in range(3):
+        _check(
+            lim.workspace_min_m[axis] < lim.workspace_max_m[axis],
+            "limits.workspace_min_m",
+            f"axis {'xyz'[axis]}: min must be below max",
+            source,
+        )
+    _check(
+        0 <= lim.gripper_min < lim.gripper_max <= 1,
+        "limits.gripper_min",
+        "need 0 <= gripper_min < gripper_max <= 1",
+        source,
+    )
+    _check(lim.max_gripper_speed_per_s > 0, "limits.max_gripper_speed_per_s", "must be > 0", source)
+    _check(
+        0 < wd.setpoint_hold_s < wd.setpoint_stop_s,
+        "watchdog.setpoint_hold_s",
+        "need 0 < setpoint_hold_s < setpoint_stop_s",
+        source,
+    )
+    for key in (
+        "camera_max_age_s",
+        "mcu_heartbeat_timeout_s",
+        "policy_heartbeat_timeout_s",
+        "robot_watchdog_min_hz",
+        "startup_timeout_s",
+    ):
+        _check(getattr(wd, key) > 0, f"watchdog.{key}", "must be > 0", source)
+    _check(
+        wd.mcu_heartbeat_timeout_s >= 2 * robot.period_s,
+        "watchdog.mcu_heartbeat_timeout_s",
+        "must cover at least two control periods",
+        source,
+    )
+    _check(
+        0 < pol.system2_rate_hz <= pol.system1_rate_hz,
+        "policy.system2_rate_hz",
+        "need 0 < system2_rate_hz <= system1_rate_hz",
+        source,
+    )
+    _check(
+        pol.system1_rate_hz <= 1 / robot.period_s,
+        "policy.system1_rate_hz",
+        "cannot exceed the robot's control rate",
+        source,
+    )
+    _check(pol.crossfade_s >= 0, "policy.crossfade_s", "must be >= 0", source)
+    _check(
+        config.robot.kind in ("sim",),
+        "robot.kind",
+        f"{config.robot.kind!r}: only 'sim' exists so far (ur comes with its driver)",
+        source,
+    )
+    _check(config.cameras.kind in ("sim",), "cameras.kind", "only 'sim' exists so far", source)
+    _check(config.mcu.kind in ("sim",), "mcu.kind", "only 'sim' exists so far", source)
+    _check(config.cameras.fps > 0, "cameras.fps", "must be > 0", source)
+    return config
+
+
+def config_from_dict(data: dict[str, Any], source: str = "config") -> RuntimeConfig:
+    try:
+        config = msgspec.convert(data, RuntimeConfig)
+    except msgspec.ValidationError as exc:
+        raise _explain(exc, source) from exc
+    return validate(config, source)
+
+
+def load_config(path: Path | str | None) -> RuntimeConfig:
+    """The embedded default without a path; otherwise the TOML file, fully checked."""
+    if path is None:
+        return validate(RuntimeConfig(), "embedded default")
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
+    return config_from_dict(data, str(path))
+
+
+def to_toml(config: RuntimeConfig) -> str:
+    """The effective configuration as TOML (for `edgevla run --print-config`)."""
+    lines: list[str] = []
+    for section, value in msgspec.structs.asdict(config).items():
+        lines.append(f"[{section}]")
+        for key, item in msgspec.structs.asdict(value).items():
+            lines.append(f"{key} = {_toml_value(item)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return repr(value)
