@@ -206,6 +206,75 @@ def cmd_bundle_warmup(args: argparse.Namespace) -> int:
     return 0
 
 
+def _injection(text: str):
+    from edgevla.runtime.faults import Fault
+
+    name, sep, at = text.partition("@")
+    try:
+        fault = Fault.parse(name)
+        t = float(at) if sep else float("nan")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if not t >= 0:
+        raise argparse.ArgumentTypeError(
+            f"expected FAULT@SECONDS, e.g. policy-hang@5, got {text!r}"
+        )
+    return fault, t
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from edgevla.runtime.bundle import load_bundle
+    from edgevla.runtime.config import load_config, to_toml
+    from edgevla.runtime.supervisor import RunOptions, run
+
+    config = load_config(args.config)
+    if args.print_config:
+        out.print(to_toml(config), markup=False)
+        return 0
+    bundle = load_bundle(config.policy.bundle)  # refuse a bad bundle before moving anything
+    if bundle.model.num_cameras != len(config.cameras.names):
+        err.print(
+            f"[red]error:[/red] the bundle takes {bundle.model.num_cameras} cameras, "
+            f"cameras.names lists {len(config.cameras.names)}"
+        )
+        return 1
+    options = RunOptions(duration_s=args.duration, injections=args.inject, live=not args.quiet)
+    report_path = Path(args.report) if args.report else None
+    plot_path = Path(args.plot) if args.plot else None
+    report = run(config, options, report_path, plot_path)
+    _print_report(report)
+    if report_path:
+        out.print(f"report: {report_path}")
+    if plot_path:
+        out.print(f"plot: {plot_path}")
+    if report["safety"]["limit_violations"] or not report["final"]["robot_stopped"]:
+        return 1
+    faults = [t for t in report["trips"] if t["cause"] != "operator-stop"]
+    return 3 if faults else 0
+
+
+def _print_report(report: dict) -> None:
+    c, s1, s2 = report["control"], report["system1"], report["system2"]
+    pe = c["period_error_us"]
+    out.print(
+        f"control: {c['rate_hz']:.1f} Hz over {report['duration_s']:.1f} s, period error p50 "
+        f"{pe['p50']:.0f} µs p99 {pe['p99']:.0f} µs max {pe['max']:.0f} µs, missed "
+        f"{c['missed_cycles']}, SCHED_FIFO {'yes' if c['realtime'] else 'no'}"
+    )
+    out.print(
+        f"system 2: {s2['rate_hz']:.2f} Hz, plan p50 {s2['latency_ms']['p50']} ms; system 1: "
+        f"{s1['rate_hz']:.1f} Hz, step p50 {s1['latency_ms']['p50']} ms, frame→setpoint p50 "
+        f"{s1['frame_to_setpoint_ms']['p50']} ms"
+    )
+    trips = ", ".join(f"{t['cause']} at {t['t_s']:.2f} s" for t in report["trips"]) or "none"
+    safety = report["safety"]
+    out.print(
+        f"trips: {trips}; limit violations: {safety['limit_violations']} "
+        f"(audited {safety['audited_cycles']} commands); final joint speed "
+        f"{report['final']['max_joint_speed_rad_s']:.2e} rad/s ({report['final']['state']})"
+    )
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from edgevla.demo import run_demo
 
@@ -219,7 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edgevla",
         description="Export, verify and run dual-system VLA robot policies on the robot computer.",
-        epilog="Exit codes: 0 success, 1 refused or failed, 2 bad usage.",
+        epilog="Exit codes: 0 success, 1 refused or failed, 2 bad usage, 3 run ended in a trip "
+        "(robot stopped safely).",
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -277,6 +347,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--providers", default="auto", help="'auto' or a comma-separated list")
     p.add_argument("--runs", type=_positive, default=3)
     p.add_argument("--require-tensorrt", action="store_true", help="exit 1 without TensorRT")
+
+    p = add(
+        "run",
+        cmd_run,
+        "run the dual-system runtime (default: simulated UR5e, cameras and MCU, demo bundle)",
+    )
+    p.add_argument("--config", metavar="PATH", help="runtime TOML (default: the embedded one)")
+    p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    p.add_argument("--report", metavar="PATH", help="write the JSON report here")
+    p.add_argument("--plot", metavar="PATH", help="write the PNG here")
+    p.add_argument(
+        "--inject",
+        type=_injection,
+        action="append",
+        default=[],
+        metavar="FAULT@T",
+        help="inject a fault at T seconds (repeatable): policy-hang, policy-crash, "
+        "nan-plan, wild-plan, camera-stall, robot-pstop, robot-disconnect, estop",
+    )
+    p.add_argument("--print-config", action="store_true", help="print the effective config")
+    p.add_argument("--quiet", action="store_true", help="no live view")
 
     p = add("demo", cmd_demo, "export the tiny model, then plan and react from the bundle")
     p.add_argument("--out", default="out/demo-bundle", metavar="DIR")

@@ -61,7 +61,8 @@ class WatchdogConfig(_Section):
     setpoint_stop_s: float = 0.3  # ... older than this: trip, controlled stop
     camera_max_age_s: float = 0.3
     mcu_heartbeat_timeout_s: float = 0.1
-    policy_heartbeat_timeout_s: float = 0.5
+    # Shortest of the policy deadlines, so a stopped or dead process is named as such.
+    policy_heartbeat_timeout_s: float = 0.15
     robot_watchdog_min_hz: float = 50.0  # robot-side: the arm stops itself if we go silent
     startup_timeout_s: float = 120.0  # policy must be ready (bundle loaded, first plan) by then
 

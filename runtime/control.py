@@ -1,0 +1,373 @@
+"""The control process: owns the robot, runs at the robot's rate, trusts nothing it is sent.
+
+Every cycle: read the robot and the safety MCU, run the watchdogs, sample the committed
+trajectory, pass it through the safety filter, servo. Any trip starts a controlled stop (the
+filter's `stop_step`, within the acceleration and jerk limits) that stays latched until an
+explicit reset. The process imports no ML code, runs under SCHED_FIFO when the system permits
+(and says so when it does not), keeps the garbage collector out of the loop, and works in
+preallocated arrays.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import gc
+import logging
+import os
+import signal
+import time
+from enum import IntEnum
+
+import numpy as np
+
+from edgevla.runtime.config import RuntimeConfig
+from edgevla.runtime.devices import McuStatus, Robot, RobotDisconnected, RobotState, SafetyMode
+from edgevla.runtime.faults import Fault
+from edgevla.runtime.kinematics import ForwardKinematics
+from edgevla.runtime.safety_filter import SafetyFilter, Trip
+from edgevla.runtime.shm import SeqLock, ShmBlock
+from edgevla.runtime.stitching import sample
+
+log = logging.getLogger("edgevla.control")
+
+_SPIN_S = 0.0002  # sleep until this close to the deadline, then spin: sleep wake-up is coarse
+_PARENT_CHECK_CYCLES = 50
+
+
+class ControlState(IntEnum):
+    STARTING = 0
+    WAITING = 1  # holding position until the policy publishes a fresh trajectory
+    RUNNING = 2
+    STOPPING = 3  # controlled stop in progress after a trip
+    TRIPPED = 4  # at rest, latched until reset
+    FINISHED = 5  # stopped on request (shutdown), process about to exit
+
+
+def enable_realtime(priority: int) -> tuple[bool, str]:
+    """SCHED_FIFO and locked memory when permitted. Returns (in effect, explanation)."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+    except (PermissionError, OSError) as exc:
+        return False, (
+            f"SCHED_FIFO refused ({exc.strerror or exc}); running at normal priority, expect "
+            "jitter. Grant it with LimitRTPRIO= (systemd) or CAP_SYS_NICE."
+        )
+    libc_name = ctypes.util.find_library("c")
+    if libc_name:
+        libc = ctypes.CDLL(libc_name, use_errno=True)
+        mcl_current, mcl_future = 1, 2
+        if libc.mlockall(mcl_current | mcl_future) != 0:
+            return True, f"SCHED_FIFO priority {priority}; mlockall refused (page faults possible)"
+    return True, f"SCHED_FIFO priority {priority}, memory locked"
+
+
+class ControlLoop:
+    """One robot, one filter, the watchdogs, and the shared-memory endpoints."""
+
+    def __init__(
+        self,
+        config: RuntimeConfig,
+        robot: Robot,
+        mcu,  # SafetyMcu
+        blocks: dict[str, ShmBlock],
+        world=None,  # sim only: publishes the world state for the cameras
+        injector=None,  # sim only: applies robot-side fault injections
+    ) -> None:
+        self.config = config
+        self.robot = robot
+        self.mcu = mcu
+        self.world = world
+        self.injector = injector
+        self.period = robot.period_s
+        self.filter = SafetyFilter(
+            config.limits, self.period, ForwardKinematics(config.robot_model)
+        )
+        self.wd = config.watchdog
+        self.traj = blocks["trajectory"]
+        self.robot_out = blocks["robot"]
+        self.policy = blocks["policy"]
+        self.ctrl = blocks["control"]
+        self.cmd = blocks["command"]
+        self.world_out = blocks.get("world")
+        self.traj_lock = SeqLock(self.traj)
+        self.robot_lock = SeqLock(self.robot_out)
+        self.world_lock = SeqLock(self.world_out) if self.world_out is not None else None
+        self.state = RobotState()
+        self.mcu_status = McuStatus()
+        self.control_state = ControlState.STARTING
+        self.trip = Trip.NONE
+        self.ring = len(self.ctrl.period_error_us)
+        # Local copies of the committed trajectory, refreshed when its version changes.
+        self._times = np.zeros_like(self.traj.times)
+        self._points = np.zeros_like(self.traj.points)
+        self._count = 0
+        self._t_written = 0.0
+        self._traj_version = -1
+        self._target = np.zeros(7)
+        self._target_q = self._target[:6]
+        self._reset_seen = 0
+        self._fault_seen = 0
+        self._parent = os.getppid()
+        self._connected = True
+        self._t_start = time.monotonic()
+
+    # ------------------------------------------------------------------ inputs
+
+    def _copy_trajectory(self) -> None:
+        n = int(self.traj.count[0])
+        self._times[:n] = self.traj.times[:n]
+        self._points[:n] = self.traj.points[:n]
+        self._count = n
+        self._t_written = float(self.traj.t_written[0])
+
+    def _refresh_trajectory(self) -> None:
+        version = self.traj_lock.version
+        # A newer write during the copy only means the next cycle copies again.
+        if (
+            version != self._traj_version
+            and version % 2 == 0
+            and self.traj_lock.read(self._copy_trajectory, max_tries=3)
+        ):
+            self._traj_version = version
+
+    def _read_devices(self, now: float) -> Trip:
+        try:
+            self.robot.read_state(self.state)
+        except RobotDisconnected:
+            self._connected = False
+            return Trip.ROBOT_DISCONNECTED
+        self._connected = True
+        self.mcu.heartbeat(now)
+        self.mcu.read_status(self.mcu_status)
+        return Trip.NONE
+
+    # ------------------------------------------------------------------ watchdogs
+
+    def _watchdogs(self, now: float) -> tuple[Trip, float]:
+        """The first tripped watchdog and its deadline (NaN when it is an event, not a timeout)."""
+        nan = float("nan")
+        mode = self.state.safety_mode
+        if self.mcu_status.estop_pressed:
+            return Trip.ESTOP, nan
+        if mode == SafetyMode.PROTECTIVE_STOP:
+            return Trip.ROBOT_PROTECTIVE_STOP, nan
+        if mode not in (SafetyMode.NORMAL, SafetyMode.REDUCED):
+            return Trip.ROBOT_SAFETY_STOP, nan
+        mcu_deadline = self.mcu_status.t_last_heartbeat_s + self.wd.mcu_heartbeat_timeout_s
+        if now > mcu_deadline:
+            return Trip.MCU_HEARTBEAT, mcu_deadline
+        if self.cmd.policy_exited[0]:
+            return Trip.POLICY_DEAD, nan
+        if self.control_state == ControlState.WAITING:
+            startup_deadline = self._t_start + self.wd.startup_timeout_s
+            if not self.policy.ready[0] and now > startup_deadline:
+                return Trip.STARTUP_TIMEOUT, startup_deadline
+        if self.control_state != ControlState.RUNNING:
+            return Trip.NONE, nan
+        hb_deadline = float(self.policy.heartbeat_t[0]) + self.wd.policy_heartbeat_timeout_s
+        if now > hb_deadline:
+            return Trip.POLICY_DEAD, hb_deadline
+        cam_deadline = float(self.policy.frame_t[0]) + self.wd.camera_max_age_s
+        if now > cam_deadline:
+            return Trip.CAMERA_STALE, cam_deadline
+        sp_deadline = self._t_written + self.wd.setpoint_stop_s
+        if now > sp_deadline:
+            return Trip.SETPOINT_STALE, sp_deadline
+        return Trip.NONE, nan
+
+    # ------------------------------------------------------------------ state changes
+
+    def _begin_stop(self, cause: Trip, now: float, deadline: float) -> None:
+        self.trip = cause
+        self.control_state = ControlState.STOPPING
+        k = int(self.ctrl.trip_count[0]) % len(self.ctrl.trips)
+        self.ctrl.trips[k] = (int(cause), now, deadline, now, float("nan"))
+        self.ctrl.trip_count[0] += 1
+        if cause is not Trip.OPERATOR_STOP:
+            log.warning("TRIP %s at t=%.3f s", cause.label, now - self._t_start)
+        robot_side = cause in (
+            Trip.ROBOT_PROTECTIVE_STOP,
+            Trip.ROBOT_SAFETY_STOP,
+            Trip.ESTOP,
+            Trip.ROBOT_DISCONNECTED,
+        )
+        if robot_side and self._connected:
+            self.robot.stop()  # the robot halts on its own as well
+
+    def _at_rest(self, now: float) -> None:
+        k = (int(self.ctrl.trip_count[0]) - 1) % len(self.ctrl.trips)
+        self.ctrl.trips[k, 4] = now
+        if self.trip is Trip.OPERATOR_STOP or self.cmd.shutdown[0]:
+            self.control_state = ControlState.FINISHED
+        else:
+            self.control_state = ControlState.TRIPPED
+            log.warning("stopped after %s; latched until reset", self.trip.label)
+
+    def _handle_commands(self, now: float) -> None:
+        fault = int(self.cmd.fault[0])
+        if fault != self._fault_seen:
+            self._fault_seen = fault
+            if self.injector is not None:
+                self.injector(Fault(fault))
+        if self.cmd.shutdown[0]:
+            if self.control_state in (
+                ControlState.STARTING,
+                ControlState.WAITING,
+                ControlState.RUNNING,
+            ):
+                self._begin_stop(Trip.OPERATOR_STOP, now, float("nan"))
+            elif self.control_state == ControlState.TRIPPED:
+                self.control_state = ControlState.FINISHED
+        resets = int(self.cmd.reset[0])
+        if resets != self._reset_seen:
+            self._reset_seen = resets
+            if self.control_state == ControlState.TRIPPED:
+                self.filter.reset(self.state.q, self.state.gripper)
+                self.trip = Trip.NONE
+                self.control_state = ControlState.WAITING
+                log.warning("reset: waiting for a fresh trajectory")
+
+    # ------------------------------------------------------------------ the cycle
+
+    def cycle(self, now: float) -> None:
+        self._target.fill(np.nan)  # recorded as "no policy target" unless sampled below
+        self._handle_commands(now)
+        device_trip = self._read_devices(now)
+        if self.control_state == ControlState.STARTING:
+            if device_trip is Trip.NONE:
+                self.filter.reset(self.state.q, self.state.gripper)
+                self.control_state = ControlState.WAITING
+            else:
+                self._begin_stop(device_trip, now, float("nan"))
+        self._refresh_trajectory()
+        active = self.control_state in (ControlState.WAITING, ControlState.RUNNING)
+        if active:
+            trip, deadline = (device_trip, float("nan")) if device_trip else self._watchdogs(now)
+            if trip is not Trip.NONE:
+                self._begin_stop(trip, now, deadline)
+        if self.control_state == ControlState.WAITING:
+            fresh = now - self._t_written < self.wd.setpoint_hold_s and self._count > 0
+            if self.policy.ready[0] and fresh:
+                self.control_state = ControlState.RUNNING
+            else:
+                self.filter.hold_step()
+        if self.control_state == ControlState.RUNNING:
+            if now - self._t_written > self.wd.setpoint_hold_s:
+                self.filter.hold_step()  # late setpoints: hold; the stop deadline follows
+                self.ctrl.counters[3] += 1
+            else:
+                sample(self._times, self._points, self._count, now, self._target)
+                trip = self.filter.step(self._target_q, float(self._target[6]))
+                if trip is not Trip.NONE:
+                    self._begin_stop(trip, now, float("nan"))
+        if self.control_state == ControlState.STOPPING and self.filter.stop_step():
+            self._at_rest(now)
+        if self._connected:
+            try:
+                self.robot.servo(self.filter.q, self.filter.gripper)
+            except RobotDisconnected:
+                self._connected = False
+        self._publish(now)
+
+    def _publish(self, now: float) -> None:
+        with self.robot_lock.write():
+            out = self.robot_out
+            out.t[0] = self.state.t_s
+            out.q[:] = self.state.q
+            out.qd[:] = self.state.qd
+            out.gripper[0] = self.state.gripper
+            out.safety_mode[0] = self.state.safety_mode
+            out.control_state[0] = self.control_state
+        c = self.ctrl
+        c.state[0] = self.control_state
+        i = int(c.cycle[0]) % self.ring
+        row = c.record[i]
+        row[0] = now
+        row[1:7] = self.filter.q
+        row[7] = self.filter.gripper
+        row[8:14] = self.state.q
+        row[14] = self.control_state
+        row[15:22] = self._target
+        c.counters[0] = self.filter.clamped_position
+        c.counters[1] = self.filter.scaled_velocity
+        c.counters[2] = self.filter.defence_clamps
+        if self.world is not None and self.world_lock is not None and c.cycle[0] % 5 == 0:
+            with self.world_lock.write():
+                self.world_out.t[0] = self.world.world_state(self.world_out.qpos)
+
+    def run(self) -> None:
+        """Cycle at the robot's period until a requested stop has completed."""
+        c = self.ctrl
+        period = self.period
+        c.t_start[0] = self._t_start
+        deadline = time.monotonic()
+        cycle = 0
+        while self.control_state != ControlState.FINISHED:
+            now = time.monotonic()
+            lateness = now - deadline
+            c.period_error_us[cycle % self.ring] = lateness * 1e6
+            if lateness > period:
+                missed = int(lateness // period)
+                c.missed[0] += missed
+                deadline += missed * period
+            self.cycle(now)
+            cycle += 1
+            c.cycle[0] = cycle
+            if cycle % _PARENT_CHECK_CYCLES == 0 and os.getppid() != self._parent:
+                if self.control_state in (ControlState.WAITING, ControlState.RUNNING):
+                    self._begin_stop(Trip.SUPERVISOR_LOST, now, float("nan"))
+                elif self.control_state == ControlState.TRIPPED:
+                    break  # nobody left to reset us; the arm is at rest
+            deadline += period
+            remaining = deadline - time.monotonic()
+            if remaining > _SPIN_S:
+                time.sleep(remaining - _SPIN_S)
+            while time.monotonic() < deadline:
+                pass
+
+
+def control_main(config: RuntimeConfig, names: dict[str, str], ring: int, world_size: int) -> None:
+    """Entry point of the control process (spawned by the supervisor)."""
+    from edgevla.runtime.shm import (
+        command_fields,
+        control_fields,
+        policy_fields,
+        robot_fields,
+        trajectory_fields,
+        world_fields,
+    )
+    from edgevla.sim.hardware import make_sim_hardware
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which stops us
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s control %(levelname)s %(message)s")
+    fields = {
+        "trajectory": trajectory_fields(),
+        "robot": robot_fields(),
+        "policy": policy_fields(ring),
+        "control": control_fields(ring),
+        "command": command_fields(),
+        "world": world_fields(world_size),
+    }
+    blocks = {key: ShmBlock(names[key], spec, create=False) for key, spec in fields.items()}
+    hardware = make_sim_hardware(config)
+    rt, why = enable_realtime(config.robot.realtime_priority)
+    blocks["control"].rt[0] = int(rt)
+    (log.info if rt else log.warning)("%s", why)
+    loop = ControlLoop(
+        config, hardware.robot, hardware.mcu, blocks, hardware.world, hardware.inject
+    )
+    hardware.robot.connect()
+    gc.collect()
+    gc.freeze()
+    gc.disable()  # a collection in the loop costs milliseconds; the loop makes no cycles
+    try:
+        loop.run()
+    finally:
+        gc.enable()
+        with contextlib.suppress(Exception):
+            hardware.robot.stop()
+        hardware.close()
+        for block in blocks.values():
+            block.close()

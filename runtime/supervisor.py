@@ -1,0 +1,328 @@
+"""The supervisor: owns shared memory, starts the control and policy processes, injects faults,
+shows a live view, stops the robot on SIGINT/SIGTERM, and writes the run report.
+
+Processes are spawned (not forked) so neither child inherits the other's threads or libraries:
+the control process never loads onnxruntime.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import multiprocessing as mp
+import os
+import signal
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from edgevla.runtime.audit import audit_commands
+from edgevla.runtime.config import RuntimeConfig
+from edgevla.runtime.control import ControlState
+from edgevla.runtime.faults import Fault
+from edgevla.runtime.policy_process import COLD_START_PLANS
+from edgevla.runtime.safety_filter import Trip
+from edgevla.runtime.shm import (
+    RECORD_COLUMNS,
+    ShmBlock,
+    command_fields,
+    control_fields,
+    policy_fields,
+    robot_fields,
+    trajectory_fields,
+    world_fields,
+)
+
+log = logging.getLogger("edgevla.supervisor")
+
+_COL = {name: i for i, name in enumerate(RECORD_COLUMNS)}
+_STOP_GRACE_S = 5.0
+
+
+@dataclass
+class RunOptions:
+    duration_s: float | None = None
+    injections: list[tuple[Fault, float]] = field(default_factory=list)
+    live: bool = True
+
+
+def percentiles(values: np.ndarray, scale: float = 1.0) -> dict[str, float]:
+    if len(values) == 0:
+        return {"p50": float("nan"), "p99": float("nan"), "max": float("nan")}
+    v = np.asarray(values, dtype=float) * scale
+    return {
+        "p50": round(float(np.percentile(v, 50)), 3),
+        "p99": round(float(np.percentile(v, 99)), 3),
+        "max": round(float(v.max()), 3),
+    }
+
+
+class Supervisor:
+    def __init__(self, config: RuntimeConfig, options: RunOptions) -> None:
+        from edgevla.sim.hardware import world_state_size
+
+        self.config = config
+        self.options = options
+        self.rate_hz = 1.0 / config.robot_model.period_s
+        horizon_s = (options.duration_s or 120.0) + 30.0
+        self.ring = int(min(horizon_s, 900.0) * self.rate_hz)
+        self.world_size = world_state_size(config)
+        tag = f"edgevla-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        specs = {
+            "trajectory": trajectory_fields(),
+            "robot": robot_fields(),
+            "policy": policy_fields(4096),
+            "control": control_fields(self.ring),
+            "command": command_fields(),
+            "world": world_fields(self.world_size),
+        }
+        self.names = {key: f"{tag}-{key}" for key in specs}
+        self.blocks = {
+            key: ShmBlock(self.names[key], spec, create=True) for key, spec in specs.items()
+        }
+        self.ctrl = self.blocks["control"]
+        self.cmd = self.blocks["command"]
+        self.pol = self.blocks["policy"]
+        self._stop_requested = False
+        self._policy_exit: int | None = None
+        self.injected: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _request_stop(self, signum: int, _frame: object) -> None:
+        log.warning("signal %s: stopping the robot", signal.Signals(signum).name)
+        self._stop_requested = True
+
+    def _spawn(self) -> None:
+        from edgevla.runtime.control import control_main
+        from edgevla.runtime.policy_process import policy_main
+
+        ctx = mp.get_context("spawn")
+        args = (self.config, self.names, 4096, self.world_size)
+        self.control = ctx.Process(
+            target=control_main,
+            args=(self.config, self.names, self.ring, self.world_size),
+            name="edgevla-control",
+        )
+        self.policy = ctx.Process(target=policy_main, args=args, name="edgevla-policy")
+        self.control.start()
+        self.policy.start()
+        self.t0 = time.monotonic()
+
+    @property
+    def policy_pid(self) -> int | None:
+        return self.policy.pid
+
+    def run(self) -> dict[str, Any]:
+        old = {s: signal.signal(s, self._request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            self._spawn()
+            self._supervise()
+            self._shutdown()
+            return self.report()
+        finally:
+            for s, handler in old.items():
+                signal.signal(s, handler)
+            for proc in (getattr(self, "policy", None), getattr(self, "control", None)):
+                if proc is not None and proc.is_alive():
+                    proc.kill()
+            for block in self.blocks.values():
+                block.close()
+
+    def _supervise(self) -> None:
+        from edgevla.runtime.live import LiveView
+
+        pending = sorted(self.options.injections, key=lambda item: item[1])
+        view = LiveView(self, enabled=self.options.live)
+        with view:
+            while not self._stop_requested:
+                now = time.monotonic() - self.t0
+                if self.options.duration_s is not None and now >= self.options.duration_s:
+                    break
+                while pending and now >= pending[0][1]:
+                    fault, _ = pending.pop(0)
+                    self.cmd.fault_t[0] = time.monotonic()
+                    self.cmd.fault[0] = int(fault)
+                    self.injected.append({"fault": fault.label, "t_s": round(now, 3)})
+                    log.warning("injecting %s at t=%.2f s", fault.label, now)
+                if self._policy_exit is None and not self.policy.is_alive():
+                    self._policy_exit = self.policy.exitcode
+                    self.cmd.policy_exited[0] = 1
+                    log.error("policy process ended (exit code %s)", self._policy_exit)
+                if not self.control.is_alive():
+                    log.error("control process ended (exit code %s)", self.control.exitcode)
+                    break
+                view.update()
+                time.sleep(0.05)
+
+    def _shutdown(self) -> None:
+        self.cmd.shutdown[0] = 1
+        deadline = time.monotonic() + _STOP_GRACE_S
+        while self.control.is_alive() and time.monotonic() < deadline:
+            if self._policy_exit is None and not self.policy.is_alive():
+                self._policy_exit = self.policy.exitcode
+                self.cmd.policy_exited[0] = 1
+            time.sleep(0.02)
+        if self.control.is_alive():
+            log.error(
+                "control process did not finish its stop in %.0f s; killing it (the "
+                "robot-side watchdog stops the arm)",
+                _STOP_GRACE_S,
+            )
+            self.control.kill()
+        self.control.join(2.0)
+        self.policy.join(2.0)
+        if self.policy.is_alive():
+            self.policy.terminate()
+            self.policy.join(2.0)
+        if self.policy.is_alive():
+            self.policy.kill()
+            self.policy.join(1.0)
+        if self._policy_exit is None:
+            self._policy_exit = self.policy.exitcode
+
+    # ------------------------------------------------------------------ report
+
+    def _records(self) -> np.ndarray:
+        cycles = int(self.ctrl.cycle[0])
+        n = min(cycles, self.ring)
+        start = cycles - n
+        idx = (np.arange(start, cycles)) % self.ring
+        return self.ctrl.record[idx].copy()
+
+    def _ring(self, name: str) -> tuple[np.ndarray, np.ndarray, int]:
+        """(all rows in order, rows after the cold start, total count) of a policy ring."""
+        count = int(getattr(self.pol, f"{name}_count")[0])
+        ring = getattr(self.pol, name)
+        n = min(count, len(ring))
+        rows = ring[np.arange(count - n, count) % len(ring)].copy()
+        warm = rows[COLD_START_PLANS:] if count <= len(ring) else rows
+        return rows, warm, count
+
+    def report(self) -> dict[str, Any]:
+        rec = self._records()
+        cycles = int(self.ctrl.cycle[0])
+        t_start = float(self.ctrl.t_start[0])
+        elapsed = float(rec[-1, 0] - t_start) if len(rec) else 0.0
+        errors = self.ctrl.period_error_us[: min(cycles, self.ring)].copy()
+        audit = self._audit(rec)
+        trips = []
+        for k in range(min(int(self.ctrl.trip_count[0]), len(self.ctrl.trips))):
+            cause, t_trip, t_deadline, t_cmd, t_rest = self.ctrl.trips[k]
+            entry = {
+                "cause": Trip(int(cause)).label,
+                "t_s": round(t_trip - t_start, 4),
+                "stopped_after_s": None if np.isnan(t_rest) else round(t_rest - t_trip, 4),
+            }
+            if not np.isnan(t_deadline):
+                entry["deadline_t_s"] = round(t_deadline - t_start, 4)
+                entry["reaction_ms"] = round((t_cmd - t_deadline) * 1e3, 3)
+            trips.append(entry)
+        s2, s2_warm, s2_count = self._ring("s2")
+        s1, s1_warm, s1_count = self._ring("s1")
+        span = max(elapsed, 1e-9)
+        tail = rec[-int(0.1 * self.rate_hz) :] if len(rec) else rec
+        q_meas = tail[:, [_COL[f"q_meas{i}"] for i in range(6)]]
+        final_speed = (
+            float(np.abs(np.diff(q_meas, axis=0)).max() * self.rate_hz) if len(q_meas) > 1 else 0.0
+        )
+        final_state = ControlState(int(self.ctrl.state[0])).name.lower()
+        report = {
+            "started_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "duration_s": round(elapsed, 3),
+            "config": msgspec.to_builtins(self.config),
+            "control": {
+                "rate_hz": round(cycles / span, 2),
+                "cycles": cycles,
+                "period_error_us": percentiles(errors),
+                "missed_cycles": int(self.ctrl.missed[0]),
+                "realtime": bool(self.ctrl.rt[0]),
+            },
+            "system1": {
+                "enabled": self.config.policy.system1_enabled,
+                "rate_hz": round(s1_count / span, 2),
+                "count": s1_count,
+                "latency_ms": percentiles(s1_warm[:, 1], 1e3),
+                "frame_to_setpoint_ms": percentiles(s1_warm[:, 2], 1e3),
+            },
+            "system2": {
+                "rate_hz": round(s2_count / span, 2),
+                "count": s2_count,
+                "latency_ms": percentiles(s2_warm[:, 1], 1e3),
+                "cold_start_ms": [round(v * 1e3, 2) for v in s2[:COLD_START_PLANS, 1]],
+            },
+            "cameras": {
+                "frames": int(self.pol.frame_number[0]),
+                "dropped": int(self.pol.frames_dropped[0]),
+            },
+            "trips": trips,
+            "injections": self.injected,
+            "safety": {
+                "limit_violations": audit.total,
+                "violations_by_kind": audit.violations,
+                "worst_ratio_to_limit": {k: round(v, 6) for k, v in audit.worst.items()},
+                "audited_cycles": audit.samples,
+                "clamped_position_cycles": int(self.ctrl.counters[0]),
+                "scaled_velocity_cycles": int(self.ctrl.counters[1]),
+                "defence_clamps": int(self.ctrl.counters[2]),
+                "hold_cycles": int(self.ctrl.counters[3]),
+            },
+            "final": {
+                "state": final_state,
+                "max_joint_speed_rad_s": round(final_speed, 6),
+                "robot_stopped": final_speed < 1e-3,
+            },
+            "policy_process": {"pid": self.policy.pid, "exit_code": self._policy_exit},
+        }
+        self._rec = rec
+        self._s1, self._s2 = s1, s2
+        return report
+
+    def _audit(self, rec: np.ndarray):
+        """Audit every setpoint commanded after start-up (a run has no resets)."""
+        state = rec[:, _COL["state"]] if len(rec) else np.zeros(0)
+        live = state != ControlState.STARTING
+        rec = rec[live]
+        q = rec[:, [_COL[f"q_cmd{i}"] for i in range(6)]]
+        g = rec[:, _COL["gripper_cmd"]]
+        return audit_commands(q, g, 1.0 / self.rate_hz, self.config.limits, self.config.robot_model)
+
+    def plot(self, report: dict[str, Any], path: Path) -> None:
+        from edgevla.runtime.report_plot import plot_run
+
+        plot_run(
+            report,
+            self._rec,
+            self._s1,
+            self._s2,
+            float(self.ctrl.t_start[0]),
+            self.ctrl.period_error_us[: min(int(self.ctrl.cycle[0]), self.ring)],
+            path,
+        )
+
+
+def write_report(report: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(msgspec.json.format(msgspec.json.encode(report), indent=2).decode() + "\n")
+
+
+def run(
+    config: RuntimeConfig, options: RunOptions, report_path: Path | None, plot_path: Path | None
+) -> dict[str, Any]:
+    supervisor = Supervisor(config, options)
+    report = supervisor.run()
+    if report_path is not None:
+        write_report(report, report_path)
+    if plot_path is not None:
+        supervisor.plot(report, plot_path)
+    return report
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("use `edgevla run`")
