@@ -81,6 +81,7 @@ class RobotConfig(_Section):
         0.0,
     )
     initial_gripper: float = 1.0
+    scene_seed: int = 0  # sim only: the cube layout
 
 
 class CamerasConfig(_Section):

@@ -66,6 +66,9 @@ class Robot(Protocol):
     def stop(self) -> None:
         """Ask the robot to stop on its own (servoStop); safe to call at any time."""
 
+    def set_watchdog(self, min_frequency_hz: float) -> None:
+        """Robot-side watchdog: the arm stops by itself if servo calls come less often."""
+
     def close(self) -> None: ...
 
 

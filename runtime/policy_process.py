@@ -29,7 +29,7 @@ import numpy as np
 from edgevla.runtime.config import RuntimeConfig
 from edgevla.runtime.faults import Fault
 from edgevla.runtime.policy import DualSystemPolicy, Observation, Plan
-from edgevla.runtime.shm import SeqLock, ShmBlock
+from edgevla.runtime.shm import Layout, SeqLock, ShmBlock
 from edgevla.runtime.stitching import CommittedTrajectory
 
 log = logging.getLogger("edgevla.policy")
@@ -129,10 +129,17 @@ class PolicyRuntime:
 
     def _publish(self) -> None:
         c = self.committed
+        fault = self.fault()
         with self.traj_lock.write():
             n = c.count
             self.shm_traj.times[:n] = c.times[:n]
             self.shm_traj.points[:n] = c.points[:n]
+            # Injected corruption lands where a bug past the policy's own checks would: in what
+            # the control process receives. The control process must catch it.
+            if fault is Fault.NAN_PLAN:
+                self.shm_traj.points[:n] = np.nan
+            elif fault is Fault.WILD_PLAN:
+                self.shm_traj.points[:n, :6] += _WILD_OFFSET_RAD
             self.shm_traj.count[0] = n
             self.shm_traj.t_written[0] = time.monotonic()
 
@@ -193,13 +200,6 @@ class PolicyRuntime:
             start = time.monotonic()
             plan = self.policy.plan(obs, self.rng)
             latency = time.monotonic() - start
-            fault = self.fault()
-            if fault is Fault.NAN_PLAN:
-                plan.chunk[:] = np.nan
-                plan.result.candidates[:] = np.nan
-            elif fault is Fault.WILD_PLAN:
-                plan.chunk[:, :6] += _WILD_OFFSET_RAD
-                plan.result.candidates[..., :6] += _WILD_OFFSET_RAD
             anchored = AnchoredPlan(plan, frames.t_capture)
             with self.lock:
                 self.plan = anchored
@@ -244,6 +244,16 @@ class PolicyRuntime:
         while not self.stop.wait(0.02):
             self.shm_policy.heartbeat_t[0] = time.monotonic()
 
+    def _guarded(self, loop) -> None:
+        """Keep a loop alive through errors; the control process's deadlines judge the result."""
+        while not self.stop.is_set():
+            try:
+                loop()
+                return
+            except Exception:
+                log.exception("%s failed; retrying", threading.current_thread().name)
+                self.stop.wait(0.1)
+
     def run(self) -> None:
         self.shm_policy.pid[0] = os.getpid()
         self.shm_policy.heartbeat_t[0] = time.monotonic()
@@ -251,11 +261,19 @@ class PolicyRuntime:
             cam.start()
         threads = [
             threading.Thread(target=self.heartbeat_loop, name="heartbeat", daemon=True),
-            threading.Thread(target=self.capture_loop, name="capture", daemon=True),
-            threading.Thread(target=self.system2_loop, name="system2", daemon=True),
+            threading.Thread(
+                target=self._guarded, args=(self.capture_loop,), name="capture", daemon=True
+            ),
+            threading.Thread(
+                target=self._guarded, args=(self.system2_loop,), name="system2", daemon=True
+            ),
         ]
         if self.pc.system1_enabled:
-            threads.append(threading.Thread(target=self.system1_loop, name="system1", daemon=True))
+            threads.append(
+                threading.Thread(
+                    target=self._guarded, args=(self.system1_loop,), name="system1", daemon=True
+                )
+            )
         for t in threads:
             t.start()
         while not self.stop.wait(0.05):
@@ -265,32 +283,24 @@ class PolicyRuntime:
             if self.cmd.shutdown[0] and int(self.shm_robot.control_state[0]) == 5:
                 break
         self.stop.set()
+        # Cameras own GL contexts: close them only once the capture thread has let go.
+        for t in threads:
+            t.join(timeout=2.0)
+        if any(t.is_alive() for t in threads if t.name == "capture"):
+            log.error("capture thread did not stop; leaving the cameras open")
+            return
         for cam in self.cameras:
             cam.stop()
 
 
-def policy_main(config: RuntimeConfig, names: dict[str, str], ring: int, world_size: int) -> None:
+def policy_main(config: RuntimeConfig, layout: Layout) -> None:
     """Entry point of the policy process (spawned by the supervisor)."""
     from edgevla.runtime.backend import BackendConfig
-    from edgevla.runtime.shm import (
-        command_fields,
-        policy_fields,
-        robot_fields,
-        trajectory_fields,
-        world_fields,
-    )
     from edgevla.sim.hardware import make_sim_cameras
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
     logging.basicConfig(level=logging.INFO, format="%(asctime)s policy %(levelname)s %(message)s")
-    fields = {
-        "trajectory": trajectory_fields(),
-        "robot": robot_fields(),
-        "policy": policy_fields(ring),
-        "command": command_fields(),
-        "world": world_fields(world_size),
-    }
-    blocks = {key: ShmBlock(names[key], spec, create=False) for key, spec in fields.items()}
+    blocks = layout.attach(["trajectory", "robot", "policy", "command", "world"])
     policy = DualSystemPolicy.from_dir(
         config.policy.bundle, BackendConfig(intra_op_threads=config.policy.intra_op_threads)
     )

@@ -50,6 +50,7 @@ class Trip(IntEnum):
     STARTUP_TIMEOUT = 12
     SUPERVISOR_LOST = 13
     OPERATOR_STOP = 14  # SIGINT/SIGTERM: a requested stop, recorded like a trip
+    ROBOT_PROGRAM_STOPPED = 15  # the robot-side control program is not running
 
     @property
     def label(self) -> str:

@@ -37,14 +37,9 @@ class ShmBlock:
             offsets.append(size)
             nbytes = int(np.prod(f.shape)) * np.dtype(f.dtype).itemsize
             size += -(-nbytes // _ALIGN) * _ALIGN
+        # Processes spawned by the creator share its resource tracker, which keeps one entry
+        # per name: attaching registers nothing new, and only the creator unlinks.
         self._shm = shared_memory.SharedMemory(name=name, create=create, size=max(size, 1))
-        if not create:
-            # Attached blocks belong to their creator; do not let this process's resource
-            # tracker unlink them at exit.
-            with contextlib.suppress(Exception):
-                from multiprocessing import resource_tracker
-
-                resource_tracker.unregister(self._shm._name, "shared_memory")  # type: ignore[attr-defined]
         self.name = name
         self.created = create
         self.arrays: dict[str, np.ndarray] = {}
@@ -177,11 +172,43 @@ def control_fields(ring: int) -> list[Field]:
         Field("missed", (1,), "int64"),
         Field("t_start", (1,)),
         Field("period_error_us", (ring,)),
+        Field("work_us", (ring,)),  # time spent inside each cycle
         Field("record", (ring, RECORD_WIDTH)),  # see RECORD_COLUMNS
         Field("trip_count", (1,), "int64"),
         Field("trips", (32, 5)),  # cause, t_trip, t_deadline, t_first_stop_command, t_at_rest
         Field("counters", (4,), "int64"),  # clamped position, scaled velocity, defence, holds
     ]
+
+
+POLICY_RING = 4096
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Sizes every process must agree on; the supervisor decides them, children receive them."""
+
+    names: dict[str, str]
+    control_ring: int
+    world_size: int
+
+    def specs(self) -> dict[str, list[Field]]:
+        return {
+            "trajectory": trajectory_fields(),
+            "robot": robot_fields(),
+            "policy": policy_fields(POLICY_RING),
+            "control": control_fields(self.control_ring),
+            "command": command_fields(),
+            "world": world_fields(self.world_size),
+        }
+
+    def attach(self, keys: Sequence[str]) -> dict[str, ShmBlock]:
+        specs = self.specs()
+        return {key: ShmBlock(self.names[key], specs[key], create=False) for key in keys}
+
+    def create(self) -> dict[str, ShmBlock]:
+        return {
+            key: ShmBlock(self.names[key], spec, create=True) for key, spec in self.specs().items()
+        }
 
 
 def command_fields() -> list[Field]:

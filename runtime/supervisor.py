@@ -28,16 +28,7 @@ from edgevla.runtime.control import ControlState
 from edgevla.runtime.faults import Fault
 from edgevla.runtime.policy_process import COLD_START_PLANS
 from edgevla.runtime.safety_filter import Trip
-from edgevla.runtime.shm import (
-    RECORD_COLUMNS,
-    ShmBlock,
-    command_fields,
-    control_fields,
-    policy_fields,
-    robot_fields,
-    trajectory_fields,
-    world_fields,
-)
+from edgevla.runtime.shm import RECORD_COLUMNS, Layout
 
 log = logging.getLogger("edgevla.supervisor")
 
@@ -74,18 +65,9 @@ class Supervisor:
         self.ring = int(min(horizon_s, 900.0) * self.rate_hz)
         self.world_size = world_state_size(config)
         tag = f"edgevla-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        specs = {
-            "trajectory": trajectory_fields(),
-            "robot": robot_fields(),
-            "policy": policy_fields(4096),
-            "control": control_fields(self.ring),
-            "command": command_fields(),
-            "world": world_fields(self.world_size),
-        }
-        self.names = {key: f"{tag}-{key}" for key in specs}
-        self.blocks = {
-            key: ShmBlock(self.names[key], spec, create=True) for key, spec in specs.items()
-        }
+        keys = ("trajectory", "robot", "policy", "control", "command", "world")
+        self.layout = Layout({key: f"{tag}-{key}" for key in keys}, self.ring, self.world_size)
+        self.blocks = self.layout.create()
         self.ctrl = self.blocks["control"]
         self.cmd = self.blocks["command"]
         self.pol = self.blocks["policy"]
@@ -104,28 +86,33 @@ class Supervisor:
         from edgevla.runtime.policy_process import policy_main
 
         ctx = mp.get_context("spawn")
-        args = (self.config, self.names, 4096, self.world_size)
-        self.control = ctx.Process(
-            target=control_main,
-            args=(self.config, self.names, self.ring, self.world_size),
-            name="edgevla-control",
-        )
+        args = (self.config, self.layout)
+        self.control = ctx.Process(target=control_main, args=args, name="edgevla-control")
         self.policy = ctx.Process(target=policy_main, args=args, name="edgevla-policy")
         self.control.start()
         self.policy.start()
         self.t0 = time.monotonic()
+        # One line operators (and tests) can rely on, whatever the log level.
+        print(
+            f"edgevla: control pid {self.control.pid}, policy pid {self.policy.pid}",
+            file=sys.stderr,
+            flush=True,
+        )
 
     @property
     def policy_pid(self) -> int | None:
         return self.policy.pid
 
-    def run(self) -> dict[str, Any]:
+    def run(self, plot_path: Path | None = None) -> dict[str, Any]:
         old = {s: signal.signal(s, self._request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             self._spawn()
             self._supervise()
             self._shutdown()
-            return self.report()
+            report = self.report()
+            if plot_path is not None:
+                self.plot(report, plot_path)
+            return report
         finally:
             for s, handler in old.items():
                 signal.signal(s, handler)
@@ -208,7 +195,7 @@ class Supervisor:
     def report(self) -> dict[str, Any]:
         rec = self._records()
         cycles = int(self.ctrl.cycle[0])
-        t_start = float(self.ctrl.t_start[0])
+        t_start = self.t0  # every time in the report counts from the spawn of the processes
         elapsed = float(rec[-1, 0] - t_start) if len(rec) else 0.0
         errors = self.ctrl.period_error_us[: min(cycles, self.ring)].copy()
         audit = self._audit(rec)
@@ -226,8 +213,13 @@ class Supervisor:
             trips.append(entry)
         s2, s2_warm, s2_count = self._ring("s2")
         s1, s1_warm, s1_count = self._ring("s1")
-        span = max(elapsed, 1e-9)
-        tail = rec[-int(0.1 * self.rate_hz) :] if len(rec) else rec
+
+        def rate(rows: np.ndarray) -> float:
+            if len(rows) < 2:
+                return 0.0
+            return round((len(rows) - 1) / max(rows[-1, 0] - rows[0, 0], 1e-9), 2)
+
+        tail = rec[-int(0.02 * self.rate_hz) :] if len(rec) else rec  # the final 20 ms
         q_meas = tail[:, [_COL[f"q_meas{i}"] for i in range(6)]]
         final_speed = (
             float(np.abs(np.diff(q_meas, axis=0)).max() * self.rate_hz) if len(q_meas) > 1 else 0.0
@@ -238,21 +230,22 @@ class Supervisor:
             "duration_s": round(elapsed, 3),
             "config": msgspec.to_builtins(self.config),
             "control": {
-                "rate_hz": round(cycles / span, 2),
+                "rate_hz": rate(rec),
                 "cycles": cycles,
                 "period_error_us": percentiles(errors),
+                "work_us": percentiles(self.ctrl.work_us[: min(cycles, self.ring)]),
                 "missed_cycles": int(self.ctrl.missed[0]),
                 "realtime": bool(self.ctrl.rt[0]),
             },
             "system1": {
                 "enabled": self.config.policy.system1_enabled,
-                "rate_hz": round(s1_count / span, 2),
+                "rate_hz": rate(s1_warm),
                 "count": s1_count,
                 "latency_ms": percentiles(s1_warm[:, 1], 1e3),
                 "frame_to_setpoint_ms": percentiles(s1_warm[:, 2], 1e3),
             },
             "system2": {
-                "rate_hz": round(s2_count / span, 2),
+                "rate_hz": rate(s2_warm),
                 "count": s2_count,
                 "latency_ms": percentiles(s2_warm[:, 1], 1e3),
                 "cold_start_ms": [round(v * 1e3, 2) for v in s2[:COLD_START_PLANS, 1]],
@@ -301,26 +294,30 @@ class Supervisor:
             self._rec,
             self._s1,
             self._s2,
-            float(self.ctrl.t_start[0]),
+            self.t0,
             self.ctrl.period_error_us[: min(int(self.ctrl.cycle[0]), self.ring)],
             path,
         )
 
 
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"cannot encode {type(obj).__name__}")
+
+
 def write_report(report: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(msgspec.json.format(msgspec.json.encode(report), indent=2).decode() + "\n")
+    raw = msgspec.json.encode(report, enc_hook=_plain)
+    path.write_text(msgspec.json.format(raw, indent=2).decode() + "\n")
 
 
 def run(
     config: RuntimeConfig, options: RunOptions, report_path: Path | None, plot_path: Path | None
 ) -> dict[str, Any]:
-    supervisor = Supervisor(config, options)
-    report = supervisor.run()
+    report = Supervisor(config, options).run(plot_path)
     if report_path is not None:
         write_report(report, report_path)
-    if plot_path is not None:
-        supervisor.plot(report, plot_path)
     return report
 
 
