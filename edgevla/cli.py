@@ -364,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="FAULT@T",
         help="inject a fault at T seconds (repeatable): policy-hang, policy-crash, "
-        "nan-plan, wild-plan, camera-stall, robot-pstop, robot-disconnect, estop",
+        "nan-plan, wild-plan, camera-stall, robot-pstop, robot-disconnect, estop, mcu-silent",
     )
     p.add_argument("--print-config", action="store_true", help="print the effective config")
     p.add_argument("--quiet", action="store_true", help="no live view")

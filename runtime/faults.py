@@ -15,6 +15,7 @@ class Fault(IntEnum):
     ROBOT_PSTOP = 6  # the robot enters a protective stop
     ROBOT_DISCONNECT = 7  # the robot connection drops
     ESTOP = 8  # the e-stop on the safety MCU is pressed
+    MCU_SILENT = 9  # the safety MCU stops sending heartbeats
 
     @property
     def label(self) -> str:

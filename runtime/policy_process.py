@@ -276,7 +276,11 @@ class PolicyRuntime:
             )
         for t in threads:
             t.start()
+        parent = os.getppid()
         while not self.stop.wait(0.05):
+            if os.getppid() != parent:
+                log.error("the supervisor is gone; stopping")
+                break
             if self.fault() is Fault.POLICY_CRASH:
                 log.error("injected fault: policy-crash")
                 os._exit(70)

@@ -56,6 +56,8 @@ class SimHardware:
             self.robot.inject_disconnect()
         elif fault is Fault.ESTOP:
             self.mcu.mcu.press_estop()
+        elif fault is Fault.MCU_SILENT:
+            self.mcu.mcu.go_silent()
 
     def close(self) -> None:
         self.mcu.close()

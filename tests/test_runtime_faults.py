@@ -75,6 +75,7 @@ def test_a_clean_run_reports_everything(clean_report: dict) -> None:
         (Fault.ROBOT_PSTOP, "robot-protective-stop"),
         (Fault.ROBOT_DISCONNECT, "robot-disconnected"),
         (Fault.ESTOP, "estop"),
+        (Fault.MCU_SILENT, "mcu-heartbeat"),
     ],
 )
 def test_injected_fault_stops_the_robot(tiny_bundle: Path, fault: Fault, cause: str) -> None:
@@ -130,6 +131,74 @@ def test_outside_signal_to_the_policy_process(tiny_bundle: Path, tmp_path: Path,
     assert proc.returncode == 3, (out, err)
     report = json.loads(report_path.read_text())
     assert_safe_end(report, "policy-dead")
+
+
+def _start_cli(bundle: Path, tmp_path: Path, *extra: str) -> tuple[subprocess.Popen, int, int]:
+    config = tmp_path / "run.toml"
+    config.write_text(f'[policy]\nbundle = "{bundle}"\n')
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edgevla.cli",
+            "run",
+            "--config",
+            str(config),
+            "--report",
+            str(tmp_path / "report.json"),
+            "--quiet",
+            *extra,
+        ],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if line.startswith("edgevla: control pid"):
+            words = line.replace(",", "").split()
+            return proc, int(words[3]), int(words[6])
+    raise AssertionError("no pid line from edgevla run")
+
+
+def test_sigterm_stops_the_robot_before_exit(tiny_bundle: Path, tmp_path: Path) -> None:
+    proc, _, _ = _start_cli(tiny_bundle, tmp_path)
+    time.sleep(FAULT_AT_S)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, (out, err)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert [t["cause"] for t in report["trips"]] == ["operator-stop"]
+    assert report["final"]["robot_stopped"] and report["final"]["state"] == "finished"
+    assert report["safety"]["limit_violations"] == 0
+
+
+def test_control_process_stops_when_the_supervisor_dies(tiny_bundle: Path, tmp_path: Path) -> None:
+    """SIGKILL of `edgevla run` itself: the orphaned control process brings the arm to rest
+    (trip supervisor-lost) and exits rather than running on unsupervised."""
+    proc, control_pid, policy_pid = _start_cli(tiny_bundle, tmp_path)
+    time.sleep(FAULT_AT_S)
+    proc.kill()
+    proc.wait(timeout=10)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            os.kill(control_pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(control_pid, signal.SIGKILL)
+        raise AssertionError("the control process outlived its supervisor by 15 s")
+    # The policy process notices too, and does not linger as an orphan.
+    while time.monotonic() < deadline:
+        try:
+            os.kill(policy_pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    os.kill(policy_pid, signal.SIGKILL)
+    raise AssertionError("the policy process outlived its supervisor by 15 s")
 
 
 def test_bad_config_fails_at_start_naming_the_key(tmp_path: Path) -> None:
