@@ -36,6 +36,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_plan.py
+	$(PY) benchmarks/bench_runtime.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -71,7 +71,10 @@ class RobotConfig(_Section):
     kind: str = "sim"  # sim | ur
     model: str = "ur5e"  # ur5e | ur5
     host: str = "127.0.0.1"
-    realtime_priority: int = 80  # SCHED_FIFO priority of the control process, when permitted
+    # SCHED_FIFO priority of the control process, when permitted; 0 leaves it unprivileged.
+    realtime_priority: int = 80
+    # CPUs for the control process alone (the policy process gets the others); empty: no pinning.
+    control_cpus: tuple[int, ...] = ()
     initial_q_rad: tuple[float, ...] = (
         0.0,
         -math.pi / 2,

@@ -48,6 +48,19 @@ class ControlState(IntEnum):
     FINISHED = 5  # stopped on request (shutdown), process about to exit
 
 
+def hold_low_wakeup_latency() -> object | None:
+    """Ask the kernel to keep CPUs out of deep idle states (PM QoS), as cyclictest does.
+
+    The request lasts while the returned file stays open; None if the system refuses it.
+    """
+    try:
+        fd = open("/dev/cpu_dma_latency", "wb", buffering=0)  # noqa: SIM115 - held for the run
+        fd.write((0).to_bytes(4, "little"))
+        return fd
+    except OSError:
+        return None
+
+
 def enable_realtime(priority: int) -> tuple[bool, str]:
     """SCHED_FIFO and locked memory when permitted. Returns (in effect, explanation)."""
     try:
@@ -372,7 +385,13 @@ def control_main(config: RuntimeConfig, layout: Layout) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s control %(levelname)s %(message)s")
     blocks = layout.attach(["trajectory", "robot", "policy", "control", "command", "world"])
     hardware = make_sim_hardware(config)
-    rt, why = enable_realtime(config.robot.realtime_priority)
+    if config.robot.control_cpus:
+        os.sched_setaffinity(0, config.robot.control_cpus)
+    qos = hold_low_wakeup_latency()
+    if config.robot.realtime_priority > 0:
+        rt, why = enable_realtime(config.robot.realtime_priority)
+    else:
+        rt, why = False, "SCHED_FIFO not requested (robot.realtime_priority = 0)"
     blocks["control"].rt[0] = int(rt)
     (log.info if rt else log.warning)("%s", why)
     loop = ControlLoop(
@@ -389,6 +408,8 @@ def control_main(config: RuntimeConfig, layout: Layout) -> None:
     try:
         loop.run()
     finally:
+        if qos is not None:
+            qos.close()
         gc.enable()
         with contextlib.suppress(Exception):
             hardware.robot.stop()

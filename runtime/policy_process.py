@@ -303,6 +303,10 @@ def policy_main(config: RuntimeConfig, layout: Layout) -> None:
     from edgevla.sim.hardware import make_sim_cameras
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
+    if config.robot.control_cpus:
+        others = set(os.sched_getaffinity(0)) - set(config.robot.control_cpus)
+        if others:
+            os.sched_setaffinity(0, others)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s policy %(levelname)s %(message)s")
     blocks = layout.attach(["trajectory", "robot", "policy", "command", "world"])
     policy = DualSystemPolicy.from_dir(
