@@ -28,8 +28,12 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q -e '.[export,sim,dev]'
 	@touch $(STAMP)
 
+# The main job: the runtime on the embedded default (simulated UR5e, cameras and MCU) for 30 s.
 demo: $(STAMP)
-	$(VENV)/bin/edgevla demo --out $(OUT)/demo-bundle
+	@$(VENV)/bin/edgevla bundle verify $(OUT)/demo-bundle >/dev/null 2>&1 || \
+		$(VENV)/bin/edgevla export --config tiny --seed 0 --out $(OUT)/demo-bundle --overwrite
+	$(VENV)/bin/edgevla run --duration 30 --report $(OUT)/demo-report.json --plot $(OUT)/demo-run.png
+	@cat $(OUT)/demo-report.json
 
 test: $(STAMP)
 	$(PY) -m pytest -q
