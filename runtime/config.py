@@ -9,6 +9,7 @@ never loosen it. docs/runtime.md is the reference.
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import re
 import sys
@@ -153,8 +154,24 @@ def _check(ok: bool, key: str, message: str, source: str) -> None:
         raise ConfigError(f"{source}: key '{key}': {message}")
 
 
+def _check_finite(config: RuntimeConfig, source: str) -> None:
+    """No inf or NaN anywhere: an infinite limit disables it, an infinite timeout its trip."""
+    for section, values in msgspec.structs.asdict(config).items():
+        for key, value in msgspec.structs.asdict(values).items():
+            items = value if isinstance(value, tuple) else (value,)
+            for i, item in enumerate(items):
+                if isinstance(item, float) and not math.isfinite(item):
+                    where = ""
+                    if isinstance(value, tuple):
+                        where = f"joint {i}: " if len(value) == 6 else f"axis {'xyz'[i]}: "
+                    raise ConfigError(
+                        f"{source}: key '{section}.{key}': {where}{item} is not finite"
+                    )
+
+
 def validate(config: RuntimeConfig, source: str = "config") -> RuntimeConfig:
     """Semantic checks: lengths, ranges, and limits that contradict the robot's own."""
+    _check_finite(config, source)
     if config.robot.model not in ROBOT_MODELS:
         raise ConfigError(
             f"{source}: key 'robot.model': {config.robot.model!r} is not one of "
@@ -242,6 +259,12 @@ def validate(config: RuntimeConfig, source: str = "config") -> RuntimeConfig:
     )
     _check(lim.max_gripper_speed_per_s > 0, "limits.max_gripper_speed_per_s", "must be > 0", source)
     _check(
+        lim.gripper_min <= config.robot.initial_gripper <= lim.gripper_max,
+        "robot.initial_gripper",
+        "must lie in [gripper_min, gripper_max]",
+        source,
+    )
+    _check(
         0 < wd.setpoint_hold_s < wd.setpoint_stop_s,
         "watchdog.setpoint_hold_s",
         "need 0 < setpoint_hold_s < setpoint_stop_s",
@@ -300,9 +323,13 @@ def load_config(path: Path | str | None) -> RuntimeConfig:
         return validate(RuntimeConfig(), "embedded default")
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a config file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc})") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
     return config_from_dict(data, str(path))
@@ -323,7 +350,7 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return json.dumps(value)  # JSON's string escapes are valid TOML basic-string escapes
     if isinstance(value, tuple | list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     return repr(value)

@@ -130,6 +130,7 @@ class ControlLoop:
         self._t_start = time.monotonic()
         self._stop_t = self._t_start
         self._still_cycles = 0
+        self._commanding = False  # nothing is sent to the robot before the filter is anchored
 
     # ------------------------------------------------------------------ inputs
 
@@ -218,6 +219,12 @@ class ControlLoop:
         if robot_side and self._connected:
             self.robot.stop()  # the robot halts on its own as well
 
+    def _refuse(self, cause: Trip, now: float) -> None:
+        """A start or reset the filter cannot anchor: latch without commanding anything."""
+        self._begin_stop(cause, now, float("nan"))
+        self._commanding = False
+        self._at_rest(now)
+
     def _at_rest(self, now: float) -> None:
         k = (int(self.ctrl.trip_count[0]) - 1) % len(self.ctrl.trips)
         self.ctrl.trips[k, 4] = now
@@ -246,7 +253,11 @@ class ControlLoop:
         if resets != self._reset_seen:
             self._reset_seen = resets
             if self.control_state == ControlState.TRIPPED:
-                self.filter.reset(self.state.q, self.state.gripper)
+                trip = self.filter.reset(self.state.q, self.state.gripper)
+                if trip:
+                    self._refuse(trip, now)
+                    return
+                self._commanding = True
                 self.trip = Trip.NONE
                 self.control_state = ControlState.WAITING
                 log.warning("reset: waiting for a fresh trajectory")
@@ -258,11 +269,12 @@ class ControlLoop:
         self._handle_commands(now)
         device_trip = self._read_devices(now)
         if self.control_state == ControlState.STARTING:
-            if device_trip is Trip.NONE:
-                self.filter.reset(self.state.q, self.state.gripper)
-                self.control_state = ControlState.WAITING
+            trip = device_trip or self.filter.reset(self.state.q, self.state.gripper)
+            if trip:
+                self._refuse(trip, now)
             else:
-                self._begin_stop(device_trip, now, float("nan"))
+                self._commanding = True
+                self.control_state = ControlState.WAITING
         self._refresh_trajectory()
         active = self.control_state in (ControlState.WAITING, ControlState.RUNNING)
         if active:
@@ -284,7 +296,7 @@ class ControlLoop:
                 trip = self.filter.step(self._target_q, float(self._target[6]))
                 if trip is not Trip.NONE:
                     self._begin_stop(trip, now, float("nan"))
-        if self.control_state == ControlState.STOPPING:
+        if self.control_state == ControlState.STOPPING and self._commanding:
             command_at_rest = self.filter.stop_step()
             # At rest means the arm, not just the command: the servo lags a few milliseconds.
             # A lost robot reports nothing; its own watchdog stops it.
@@ -293,7 +305,7 @@ class ControlLoop:
             settled = not self._connected or self._still_cycles * self.period >= _SETTLED_FOR_S
             if command_at_rest and (settled or now - self._stop_t > _SETTLE_TIMEOUT_S):
                 self._at_rest(now)
-        if self._connected:
+        if self._connected and self._commanding:
             try:
                 self.robot.servo(self.filter.q, self.filter.gripper)
             except RobotDisconnected:

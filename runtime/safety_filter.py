@@ -28,7 +28,6 @@ import numpy as np
 from edgevla.runtime.config import LimitsConfig
 from edgevla.runtime.kinematics import ForwardKinematics
 
-_REST_RAD_S = 1e-4  # below this commanded speed (and its acceleration) a stop is complete
 _GAIN_PER_S = 20.0  # position-error feedback near the target: a 50 ms time constant
 
 
@@ -51,6 +50,8 @@ class Trip(IntEnum):
     SUPERVISOR_LOST = 13
     OPERATOR_STOP = 14  # SIGINT/SIGTERM: a requested stop, recorded like a trip
     ROBOT_PROGRAM_STOPPED = 15  # the robot-side control program is not running
+    ROBOT_OUTSIDE_LIMITS = 16  # the measured pose is non-finite or outside the joint limits
+    FILTER_FAULT = 17  # the filter computed a non-finite command (never with validated limits)
 
     @property
     def label(self) -> str:
@@ -70,6 +71,9 @@ class SafetyFilter:
         self.amax = f(limits.max_acceleration_rad_s2, dtype=float)
         self.jmax = f(limits.max_jerk_rad_s3, dtype=float)
         self.jerk_over_acc = self.jmax / self.amax
+        self._rest_v = 0.25 * self.jmax * period_s**2
+        self._rest_a = 0.25 * self.jmax * period_s
+        self._acc_sq_over_jerk = self.amax**2 / self.jmax
         self.max_step = limits.max_step_rad
         self.box_lo = f(limits.workspace_min_m, dtype=float)
         self.box_hi = f(limits.workspace_max_m, dtype=float)
@@ -99,13 +103,22 @@ class SafetyFilter:
         self._q_stop = np.zeros(6)
         self._tcp = np.zeros(3)
 
-    def reset(self, q_now: np.ndarray, gripper_now: float) -> None:
-        """Start commanding from where the robot is, at rest."""
+    def reset(self, q_now: np.ndarray, gripper_now: float) -> Trip:
+        """Start commanding from where the robot is, at rest; refuses a pose it cannot trust.
+
+        A non-finite reading or a pose outside the configured joint limits would make the first
+        command a jump (or NaN forever after): the arm must be brought inside by hand first.
+        """
+        if not (np.isfinite(q_now).all() and np.isfinite(gripper_now)):
+            return Trip.ROBOT_OUTSIDE_LIMITS
+        if (q_now < self.hard_lo).any() or (q_now > self.hard_hi).any():
+            return Trip.ROBOT_OUTSIDE_LIMITS
         self.q[:] = q_now
         self._last_target[:] = q_now
         self.v[:] = 0.0
         self.a[:] = 0.0
         self.gripper = min(max(float(gripper_now), self.gripper_lo), self.gripper_hi)
+        return Trip.NONE
 
     # ------------------------------------------------------------------ per-cycle entry points
 
@@ -125,6 +138,8 @@ class SafetyFilter:
         self._cap_for_braking(vd)
         self._scale_uniformly(vd)
         self._rate_limit(vd)
+        if not np.isfinite(self._q_new).all():
+            return Trip.FILTER_FAULT
         trip = self._workspace_check()
         if trip is not Trip.NONE:
             return trip
@@ -145,12 +160,9 @@ class SafetyFilter:
     def stop_step(self) -> bool:
         """One cycle of a controlled stop. Returns True once the command is at rest."""
         self.hold_step()
-        at_rest = (np.abs(self.v) < _REST_RAD_S).all() and (
-            np.abs(self.a) < _REST_RAD_S / self.dt
-        ).all()
-        if at_rest:
-            self.v[:] = 0.0
-            self.a[:] = 0.0
+        # Nothing is snapped to zero: that would break v = Δq/dt and with it the jerk limit.
+        # The residue (below a quarter of one period of maximum jerk) keeps decaying.
+        at_rest = (np.abs(self.v) < self._rest_v).all() and (np.abs(self.a) < self._rest_a).all()
         return bool(at_rest)
 
     # ------------------------------------------------------------------ stages
@@ -169,26 +181,35 @@ class SafetyFilter:
         ff /= self.dt
         np.clip(ff, -self.vmax, self.vmax, out=ff)
         self._last_target[:] = self._target
-        ceiling = self._tmp
-        np.abs(error, out=ceiling)
-        ceiling *= self.amax
-        np.sqrt(ceiling, out=ceiling)
-        error *= _GAIN_PER_S
-        np.clip(error, -ceiling, ceiling, out=error)
+        # The proportional correction Kp·e may not exceed √(a_max·|e|) on any joint; scaling the
+        # whole correction by the worst joint's ratio keeps its direction (Kp·√(|e|/a_max)).
+        ratio = self._tmp
+        np.abs(error, out=ratio)
+        ratio /= self.amax
+        np.sqrt(ratio, out=ratio)
+        worst = float(ratio.max()) * _GAIN_PER_S
+        error *= _GAIN_PER_S / worst if worst > 1.0 else _GAIN_PER_S
         error += ff
 
+    def _braking_speed(self, distance: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """Largest speed that still stops within `distance`, jerk ramp included.
+
+        Stopping from v takes about v²/2a + v·a/j; solving for v: −a²/j + √((a²/j)² + 2·a·d).
+        """
+        np.maximum(distance, 0.0, out=out)
+        out *= 2.0 * self.amax
+        out += self._acc_sq_over_jerk**2
+        np.sqrt(out, out=out)
+        out -= self._acc_sq_over_jerk
+        return out
+
     def _cap_for_braking(self, vd: np.ndarray) -> None:
-        """|v| toward a limit ≤ sqrt(2·a_max·distance): the joint can still stop before it."""
+        """Speed toward each joint limit no more than can still brake before it."""
         tmp = self._tmp
         np.subtract(self.hi, self.q, out=tmp)
-        np.maximum(tmp, 0.0, out=tmp)
-        tmp *= 2.0 * self.amax
-        np.sqrt(tmp, out=tmp)
-        np.minimum(vd, tmp, out=vd)
+        np.minimum(vd, self._braking_speed(tmp, tmp), out=vd)
         np.subtract(self.q, self.lo, out=tmp)
-        np.maximum(tmp, 0.0, out=tmp)
-        tmp *= 2.0 * self.amax
-        np.sqrt(tmp, out=tmp)
+        self._braking_speed(tmp, tmp)
         np.negative(tmp, out=tmp)
         np.maximum(vd, tmp, out=vd)
 
@@ -204,10 +225,17 @@ class SafetyFilter:
     def _rate_limit(self, vd: np.ndarray) -> None:
         """libfranka's limitRate into the scratch state (a_new, v_new, q_new); nothing committed."""
         dt, v, a = self.dt, self.v, self.a
+        # Aim for the acceleration from which the velocity error can still be closed with the
+        # jerk limit (|a| ≤ √(2·j·|Δv|)); aiming at Δv/dt overshoots and rings under a jerk limit.
         jerk = self._tmp
-        np.subtract(vd, v, out=jerk)
-        jerk /= dt
-        jerk -= a
+        dv = self._tmp2
+        np.subtract(vd, v, out=dv)
+        np.abs(dv, out=jerk)
+        jerk *= 2.0 * self.jmax
+        np.sqrt(jerk, out=jerk)
+        dv /= dt
+        np.clip(dv, -jerk, jerk, out=dv)
+        np.subtract(dv, a, out=jerk)
         jerk /= dt
         np.clip(jerk, -self.jmax, self.jmax, out=jerk)
         a_new = self._a_new
@@ -238,7 +266,7 @@ class SafetyFilter:
         np.subtract(q_new, self.q, out=step)
         largest = np.abs(step).max()
         bound = False
-        if largest > self.max_step:
+        if largest > self.max_step * (1.0 + 1e-9):
             step *= self.max_step / largest
             np.add(self.q, step, out=q_new)
             bound = True
@@ -251,10 +279,24 @@ class SafetyFilter:
 
     def _workspace_check(self) -> Trip:
         """Trip if the new command, braking at full deceleration, would end outside the box."""
-        q_stop = self._q_stop
-        np.abs(self._v_new, out=self._tmp)
-        np.multiply(self._v_new, self._tmp, out=q_stop)
-        q_stop /= 2.0 * self.amax
+        # Stopping distance from (v, a) under the acceleration and jerk limits, conservatively:
+        # speed may still grow by a⁺²/2j while the acceleration ramps to −a_max, during
+        # (a⁺ + a_max)/j, then it falls at a_max: d ≤ v_pk·(a⁺ + a_max)/j + v_pk²/2a_max.
+        q_stop, speed, push = self._q_stop, self._tmp, self._tmp2
+        np.abs(self._v_new, out=speed)
+        np.sign(self._v_new, out=q_stop)
+        np.multiply(self._a_new, q_stop, out=push)  # acceleration along the motion
+        np.maximum(push, 0.0, out=push)
+        np.multiply(push, push, out=self._acc_hi)
+        self._acc_hi /= 2.0 * self.jmax
+        speed += self._acc_hi  # peak speed
+        push += self.amax
+        push /= self.jmax
+        push *= speed  # ramp distance
+        np.multiply(speed, speed, out=self._acc_hi)
+        self._acc_hi /= 2.0 * self.amax
+        push += self._acc_hi  # total distance
+        q_stop *= push
         q_stop += self._q_new
         for q in (self._q_new, q_stop):
             tcp = self.fk.tcp_position(q, self._tcp)
