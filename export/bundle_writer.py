@@ -1,9 +1,11 @@
 """Write a bundle: export graphs, pass the parity gate, record everything, then publish.
 
 All work happens in a temporary sibling directory; only a bundle that passed the gate and
-re-loads cleanly is renamed into place, so a failed export leaves nothing behind and a reader
-never sees a half-written bundle. Replacing an existing bundle (`overwrite`) takes two renames:
-between them the path is briefly absent (a reader gets BundleFileMissing, never a mix).
+re-loads cleanly is synced to disk and renamed into place, so a failed export leaves nothing
+behind (not even the parent directories it created) and a reader never sees a half-written
+bundle. Replacing an existing bundle (`overwrite`) takes two renames: between them the path is
+briefly absent (a reader gets BundleFileMissing, never a mix); if the second fails, the old
+bundle is renamed back. Only a directory holding a manifest.json is ever replaced.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import importlib.metadata
 import logging
+import os
 import platform
 import shutil
 import tempfile
@@ -23,7 +26,7 @@ from edgevla.export.onnx_export import export_graph, external_data_file, model_a
 from edgevla.export.parity import ParityError, failures, run_parity_gate
 from edgevla.runtime.backend import CPU, BackendConfig, OnnxRuntimeBackend
 from edgevla.runtime.bundle import load_bundle, sha256_file
-from edgevla.runtime.errors import EdgeVlaError
+from edgevla.runtime.errors import EdgeVlaError, InvalidSetting
 from edgevla.runtime.manifest import (
     MANIFEST_NAME,
     SCHEMA_VERSION,
@@ -34,8 +37,9 @@ from edgevla.runtime.manifest import (
     TensorEntry,
     TokenizerEntry,
     encode_manifest,
+    validate_sampling,
 )
-from edgevla.runtime.model_config import graph_specs
+from edgevla.runtime.model_config import PRECISIONS, graph_specs
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +73,17 @@ class ExportOptions:
     # Models with more parameter bytes than this keep each graph's weights in `<graph>.onnx.data`.
     external_data_min_bytes: int = 1 << 30
 
+    def validate(self) -> None:
+        """Refuse options no bundle can be made with (InvalidSetting naming the option)."""
+        if self.precision not in PRECISIONS:
+            raise InvalidSetting(
+                "ExportOptions.precision", f"{self.precision!r} is not one of {PRECISIONS}"
+            )
+        validate_sampling(self.sampling(), where="ExportOptions")
+        count = self.parity_observations
+        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+            raise InvalidSetting("ExportOptions.parity_observations", f"{count!r} must be >= 1")
+
     def sampling(self) -> Sampling:
         return Sampling(
             candidates=self.candidates,
@@ -91,21 +106,78 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+def _rename(src: Path, dst: Path) -> None:
+    os.rename(src, dst)  # one place for the publishing renames (tests inject failures here)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _refuse_non_bundle(out: Path) -> None:
+    """Overwrite replaces a bundle, never whatever else happens to be at `out`."""
+    if out.is_symlink() or not out.is_dir():
+        raise EdgeVlaError(f"{out} exists and is not a bundle directory; refusing to replace it")
+    if not (out / MANIFEST_NAME).is_file():
+        raise EdgeVlaError(
+            f"{out} is a directory without {MANIFEST_NAME}, so not a bundle; refusing to replace "
+            "it (remove it yourself if it should go)"
+        )
+
+
 def _publish(staging: Path, out: Path, overwrite: bool) -> None:
     # mkdtemp makes the directory owner-only; the robot service may run as another user.
     staging.chmod(0o755)
-    for file in staging.rglob("*"):
+    files = sorted(p for p in staging.rglob("*") if p.is_file())
+    for file in files:
         file.chmod(0o644)
-    if not out.exists():
-        staging.rename(out)
+    # Contents reach the disk before the rename that makes them visible: after a power cut the
+    # path holds the old bundle or the whole new one, never a renamed directory of empty files.
+    for file in files:
+        _fsync(file)
+    _fsync(staging)
+    if not out.exists() and not out.is_symlink():
+        _rename(staging, out)
+        _fsync(out.parent)
         return
     if not overwrite:
         raise EdgeVlaError(f"{out} already exists; pass --overwrite to replace it")
-    retired = out.with_name(f".{out.name}.old")
+    _refuse_non_bundle(out)
+    retired = staging.with_name(staging.name.replace(".tmp-", ".old-", 1))
+    _rename(out, retired)
+    try:
+        _rename(staging, out)
+    except BaseException:
+        try:
+            _rename(retired, out)  # put the old bundle back rather than leave the path empty
+        except OSError:
+            log.error("could not restore %s; the previous bundle is at %s", out, retired)
+        raise
+    _fsync(out.parent)
     shutil.rmtree(retired, ignore_errors=True)
-    out.rename(retired)
-    staging.rename(out)
-    shutil.rmtree(retired, ignore_errors=True)
+
+
+def _missing_ancestors(path: Path) -> list[Path]:
+    """The directories above `path` that do not exist yet, deepest first."""
+    missing = []
+    for parent in path.absolute().parents:
+        if parent.exists():
+            break
+        missing.append(parent)
+    return missing
+
+
+def _remove_empty(directories: list[Path]) -> None:
+    """Undo the parent directories this export created (deepest first), if still empty."""
+    for directory in directories:
+        try:
+            directory.rmdir()
+        except OSError:
+            return  # not empty (someone else wrote there) or already gone: leave it
 
 
 def export_bundle(
@@ -117,13 +189,21 @@ def export_bundle(
 ) -> Manifest:
     """Export `policy` to a verified bundle at `out`; on any failure nothing is left behind."""
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise EdgeVlaError(f"{out} already exists; pass --overwrite to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    options.validate()
+    if out.exists() or out.is_symlink():
+        if not overwrite:
+            raise EdgeVlaError(f"{out} already exists; pass --overwrite to replace it")
+        _refuse_non_bundle(out)
     cfg = policy.config
     specs = graph_specs(cfg, options.candidates, options.precision)
     sampling = options.sampling()
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    created = _missing_ancestors(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    except BaseException:
+        _remove_empty(created)
+        raise
     try:
         model = model_at_precision(policy.model, options.precision)
         weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -191,6 +271,7 @@ def export_bundle(
         _publish(staging, out, overwrite)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        _remove_empty(created)
         raise
     log.info("bundle written to %s", out)
     return manifest

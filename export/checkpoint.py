@@ -20,6 +20,7 @@ from edgevla.export.reference import DualSystemVLA, build_model
 from edgevla.runtime.errors import ConfigError, EdgeVlaError
 from edgevla.runtime.manifest import ActionSpace, Normalization
 from edgevla.runtime.model_config import ModelConfig
+from edgevla.runtime.tokenizer import vocabulary_problem
 
 CHECKPOINT_FORMAT = "edgevla-checkpoint-v1"
 WEIGHTS = "model.safetensors"
@@ -68,11 +69,9 @@ class ReferencePolicy:
 def init_policy(cfg: ModelConfig, seed: int) -> ReferencePolicy:
     """Untrained, deterministically initialised policy with UR5e action space."""
     tokenizer = build_instruction_tokenizer()
-    if tokenizer.get_vocab_size() > cfg.vocab_size:
-        raise ConfigError(
-            f"tokenizer has {tokenizer.get_vocab_size()} words, config '{cfg.name}' "
-            f"vocab_size is {cfg.vocab_size}"
-        )
+    problem = vocabulary_problem(tokenizer, cfg.vocab_size)
+    if problem:
+        raise ConfigError(f"instruction tokenizer for config '{cfg.name}': {problem}")
     return ReferencePolicy(
         model=build_model(cfg, seed),
         action_space=UR5E_ACTION_SPACE,
@@ -133,11 +132,20 @@ def load_checkpoint(path: Path) -> ReferencePolicy:
             f"{len(missing)} missing {missing[:2]}, {len(unexpected)} unexpected "
             f"{unexpected[:2]}, {len(resized)} with another shape {sorted(resized)[:2]}"
         )
+    try:
+        tokenizer = Tokenizer.from_file(str(path / TOKENIZER))
+    except Exception as exc:  # tokenizers raises a bare Exception
+        raise CheckpointError(
+            f"checkpoint {path / TOKENIZER}: not a tokenizers file ({exc})"
+        ) from exc
+    problem = vocabulary_problem(tokenizer, cfg.vocab_size)
+    if problem:
+        raise CheckpointError(f"checkpoint {path / TOKENIZER}: {problem}")
     model.load_state_dict(weights)
     return ReferencePolicy(
         model=model.eval(),
         action_space=action_space,
         normalization=normalization,
-        tokenizer=Tokenizer.from_file(str(path / TOKENIZER)),
+        tokenizer=tokenizer,
         origin={**config.get("origin", {}), "checkpoint": str(path)},
     )

@@ -1,15 +1,16 @@
 """The parity gate: exported graphs against the PyTorch model, per graph and per plan.
 
 Every graph output and the whole System 2 plan and System 1 reaction are compared with the
-float32 PyTorch model on a set of observations. fp32 bundles must match to cosine ≥ 0.9999 and
-max abs error ≤ 1e-4; fp16 bundles to graph cosine ≥ 0.999 and action cosine ≥ 0.99 (the
-denoising accumulation stays float32 in the runtime). A failure names the graph and the numbers.
+float32 PyTorch model on a set of observations, against the thresholds of
+`edgevla.runtime.parity_thresholds` (which the bundle loader re-checks): cosine and max abs
+error for graph outputs and normalized actions, max abs error for Q and for the chosen chunk in
+robot units, and agreement on the chosen candidate where PyTorch's choice is not a near tie.
+A failure names the graph and the numbers.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -18,9 +19,10 @@ from edgevla.export.checkpoint import ReferencePolicy
 from edgevla.export.reference_policy import torch_plan, torch_react
 from edgevla.runtime import system1, system2
 from edgevla.runtime.backend import InferenceBackend
-from edgevla.runtime.errors import EdgeVlaError
-from edgevla.runtime.manifest import OutputParity, ParityReport, Sampling
+from edgevla.runtime.errors import EdgeVlaError, NonFiniteOutput
+from edgevla.runtime.manifest import ChoiceParity, OutputParity, ParityReport, Sampling
 from edgevla.runtime.normalization import Normalizer
+from edgevla.runtime.parity_thresholds import THRESHOLDS, describe_gate, output_passes
 from edgevla.runtime.tokenizer import InstructionTokenizer
 
 PARITY_INSTRUCTIONS = (
@@ -32,27 +34,6 @@ PARITY_INSTRUCTIONS = (
 
 class ParityError(EdgeVlaError):
     """An exported graph disagrees with PyTorch beyond the precision's thresholds."""
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    graph_cosine: float
-    graph_max_abs: float | None  # None: not gated at this precision
-    action_cosine: float
-    action_max_abs: float | None
-
-    def as_dict(self) -> dict[str, float]:
-        return {k: v for k, v in vars(self).items() if v is not None}
-
-
-THRESHOLDS = {
-    "fp32": Thresholds(
-        graph_cosine=0.9999, graph_max_abs=1e-4, action_cosine=0.9999, action_max_abs=1e-4
-    ),
-    "fp16": Thresholds(
-        graph_cosine=0.999, graph_max_abs=None, action_cosine=0.99, action_max_abs=None
-    ),
-}
 
 
 def compare(reference: np.ndarray, actual: np.ndarray) -> tuple[float, float]:
@@ -81,15 +62,14 @@ class _Tally:
         old = self.worst.setdefault(group, {}).get(output, (1.0, 0.0))
         self.worst[group][output] = (min(old[0], cosine), max(old[1], err))
 
-    def report(self, group: str, cos_min: float, abs_max: float | None) -> dict[str, OutputParity]:
-        return {
-            name: OutputParity(
-                cosine=round(c, 8),
-                max_abs_err=float(f"{e:.3e}"),
-                passed=c >= cos_min and (abs_max is None or e <= abs_max),
-            )
-            for name, (c, e) in self.worst.get(group, {}).items()
-        }
+    def report(self, group: str, thresholds: dict[str, float]) -> dict[str, OutputParity]:
+        out = {}
+        for name, (c, e) in self.worst.get(group, {}).items():
+            # Rounded first, so that `passed` is exactly what the loader recomputes.
+            cosine, err = round(c, 8), float(f"{e:.3e}")
+            passed = output_passes(thresholds, group, name, cosine, err)
+            out[name] = OutputParity(cosine=cosine, max_abs_err=err, passed=passed)
+        return out
 
 
 def parity_inputs(policy: ReferencePolicy, count: int, seed: int) -> list[system2.PrefixInputs]:
@@ -121,13 +101,18 @@ def run_parity_gate(
     seed: int = 0,
     on_progress: Callable[[str], None] | None = None,
 ) -> ParityReport:
-    """Compare `backend` (the exported graphs) with the float32 PyTorch model; never raises."""
+    """Compare `backend` (the exported graphs) with the float32 PyTorch model.
+
+    Mismatches are reported, not raised. Only a NaN or Inf from the exported graphs inside a
+    whole plan or reaction, which the runtime itself refuses, raises ParityError naming it.
+    """
     model, cfg = policy.model, policy.config
     thresholds = THRESHOLDS[precision]
+    margin = thresholds["choice_margin"]
     kv_dtype = np.float16 if precision == "fp16" else np.float32
     rng = np.random.default_rng(seed + 1)
     tally = _Tally()
-    choices_agree = 0
+    choices_agree = decisive = decisive_agree = 0
     n, h, a = sampling.candidates, cfg.chunk_len, cfg.action_dim
     starts = system2.candidate_start_times(n, sampling.start_time_min, sampling.start_time_max)
     normalizer = Normalizer.from_manifest(policy.normalization)
@@ -197,16 +182,28 @@ def run_parity_gate(
         # Whole plan and reaction, through the runtime's own functions.
         noise = system2.sample_noise(rng, (n, h, a), sampling.noise_temperature)
         ref_plan = torch_plan(model, inputs, noise, starts, sampling.denoise_steps)
-        got_plan = system2.plan(backend, inputs, noise, starts, sampling.denoise_steps)
+        try:
+            got_plan = system2.plan(backend, inputs, noise, starts, sampling.denoise_steps)
+        except NonFiniteOutput as exc:
+            raise ParityError(f"parity gate failed at {precision}; plan: {exc}") from exc
         tally.add("plan", "candidates", ref_plan.candidates, got_plan.candidates)
         tally.add("plan", "q", ref_plan.q, got_plan.q)
+        top_two = np.sort(ref_plan.q)[-2:] if n > 1 else np.zeros(2)
+        is_decisive = bool(top_two[1] - top_two[0] > margin)
+        same = ref_plan.chosen == got_plan.chosen
+        choices_agree += int(same)
+        decisive += int(is_decisive)
+        decisive_agree += int(is_decisive and same)
+        # The chunk the robot would run: the runtime's own choice. On a near tie either choice
+        # is right, so it is compared with PyTorch's version of that same candidate; otherwise
+        # with PyTorch's choice, so that a flipped ranking shows up as a large error here too.
+        reference = ref_plan.candidates[ref_plan.chosen if is_decisive else got_plan.chosen]
         tally.add(
             "plan",
             "chunk_robot_units",
-            normalizer.unnormalize_actions(ref_plan.candidates[ref_plan.chosen]),
-            normalizer.unnormalize_actions(got_plan.candidates[ref_plan.chosen]),
+            normalizer.unnormalize_actions(reference),
+            normalizer.unnormalize_actions(got_plan.candidates[got_plan.chosen]),
         )
-        choices_agree += int(ref_plan.chosen == got_plan.chosen)
         slice_ = system1.plan_slice(ref_plan.candidates[ref_plan.chosen], 1, cfg.s1_horizon)
         s1_noise = system2.sample_noise(rng, slice_.shape)
         react_args = (
@@ -217,25 +214,31 @@ def run_parity_gate(
             sampling.s1_theta,
             sampling.s1_steps,
         )
-        tally.add(
-            "react", "slice", torch_react(model, *react_args), system1.react(backend, *react_args)
-        )
+        try:
+            got_slice = system1.react(backend, *react_args)
+        except NonFiniteOutput as exc:
+            raise ParityError(f"parity gate failed at {precision}; react: {exc}") from exc
+        tally.add("react", "slice", torch_react(model, *react_args), got_slice)
 
-    graphs = {
-        g: tally.report(g, thresholds.graph_cosine, thresholds.graph_max_abs)
-        for g in ("prefix", "expert_step", "value", "system1")
-    }
-    plan = tally.report("plan", thresholds.action_cosine, thresholds.action_max_abs)
-    react = tally.report("react", thresholds.action_cosine, thresholds.action_max_abs)
-    passed = all(o.passed for group in (*graphs.values(), plan, react) for o in group.values())
+    graphs = {g: tally.report(g, thresholds) for g in ("prefix", "expert_step", "value", "system1")}
+    plan = tally.report("plan", thresholds)
+    react = tally.report("react", thresholds)
+    choice = ChoiceParity(
+        agreement=round(choices_agree / observations, 6),
+        decisive=decisive,
+        passed=decisive_agree == decisive,
+    )
+    passed = choice.passed and all(
+        o.passed for group in (*graphs.values(), plan, react) for o in group.values()
+    )
     return ParityReport(
         precision=precision,
         observations=observations,
-        thresholds=thresholds.as_dict(),
+        thresholds=dict(thresholds),
         graphs=graphs,
         plan=plan,
         react=react,
-        choice_agreement=choices_agree / observations,
+        choice=choice,
         passed=passed,
     )
 
@@ -244,16 +247,18 @@ def failures(report: ParityReport) -> list[str]:
     """One line per failing output, naming the graph (or plan/react) and the numbers."""
     lines = []
     groups = {**report.graphs, "plan": report.plan, "react": report.react}
-    t = report.thresholds
     for group, outputs in groups.items():
         for name, o in outputs.items():
             if not o.passed:
-                graph = group in report.graphs
-                cos_min = t["graph_cosine" if graph else "action_cosine"]
-                abs_max = t.get("graph_max_abs" if graph else "action_max_abs")
-                limit = f"cosine ≥ {cos_min}" + (f", max abs ≤ {abs_max:g}" if abs_max else "")
                 lines.append(
                     f"{group}.{name}: cosine {o.cosine:.6f}, max abs err {o.max_abs_err:.3g} "
-                    f"(needs {limit})"
+                    f"(needs {describe_gate(report.thresholds, group, name)})"
                 )
+    c = report.choice
+    if not c.passed:
+        lines.append(
+            f"plan.choice: chose another candidate than PyTorch on a decisive observation "
+            f"(agreement {c.agreement:.2f} over {report.observations}, {c.decisive} decisive: "
+            f"PyTorch's top-two Q margin > {report.thresholds['choice_margin']:g})"
+        )
     return lines

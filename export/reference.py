@@ -10,7 +10,8 @@
 - Value-query head: the value-query token's final state plus a candidate's first steps, scored
   by two critics; Q is their minimum.
 - Token-selector head: instruction-conditioned additive scores of the visual tokens.
-- System 1: a light transformer that denoises a slice of the plan from the newest frame and state.
+- System 1: a light transformer over the newest frame's patch tokens, the state and a slice of
+  the plan, which it denoises.
 
 Everything here is traceable by `torch.onnx.export` at static shapes; `precision="fp16"` casts
 the weights while RMSNorm statistics, attention softmax and the time embedding are computed in
@@ -220,33 +221,43 @@ def critic(in_dim: int, hidden: int) -> nn.Sequential:
 
 
 class System1Net(nn.Module):
-    """Light reactive denoiser: [frame token, state token, action tokens] → velocity."""
+    """Light reactive denoiser over [frame patch tokens, state token, action tokens] → velocity.
+
+    Every patch of every camera stays a token with its own position and camera embedding: a
+    per-camera average of linear patch embeddings equals the embedding of the mean tile, so it
+    cannot tell where in the frame an object is, and where the object is now is what System 1
+    exists to react to.
+    """
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         w = cfg.s1_width
         self.patch = cfg.patch_size
         self.patch_embed = nn.Linear(cfg.patch_size**2 * 3, w)
-        self.frame_proj = nn.Linear(cfg.num_cameras * w, w)
+        self.patch_pos = nn.Parameter(torch.randn(cfg.patches_per_camera, w) * 0.02)
+        self.camera_embed = nn.Parameter(torch.randn(cfg.num_cameras, w) * 0.02)
         self.state_proj = nn.Linear(cfg.state_dim, w)
         self.action_in = nn.Linear(cfg.action_dim, w)
         self.time_mlp = nn.Sequential(nn.Linear(w, w), nn.SiLU(), nn.Linear(w, w))
-        self.pos_embed = nn.Parameter(torch.randn(2 + cfg.s1_horizon, w) * 0.02)
+        # Positions of the state token and the h1 action tokens (patches have their own).
+        self.pos_embed = nn.Parameter(torch.randn(1 + cfg.s1_horizon, w) * 0.02)
         self.blocks = nn.ModuleList(ViTBlock(w, cfg.s1_heads, 4 * w) for _ in range(cfg.s1_depth))
         self.norm = nn.LayerNorm(w)
         self.action_out = nn.Linear(w, cfg.action_dim)
+        self.horizon = cfg.s1_horizon
 
     def forward(self, images: Tensor, state: Tensor, noisy: Tensor, t: Tensor) -> Tensor:
         dtype = self.patch_embed.weight.dtype
         patches = self.patch_embed(patchify(images, self.patch, dtype))  # [B, C, P, w]
-        frame = self.frame_proj(patches.mean(2).flatten(1))[:, None]
+        patches = patches + self.patch_pos[None, None] + self.camera_embed[None, :, None]
+        frame = patches.flatten(1, 2)  # [B, C·P, w]
         st = self.state_proj(state.to(dtype))[:, None]
         time = self.time_mlp(sinusoidal_time(t, self.action_in.out_features).to(dtype))
         actions = self.action_in(noisy.to(dtype)) + time[:, None]
-        x = torch.cat([frame, st, actions], dim=1) + self.pos_embed[None]
+        x = torch.cat([frame, torch.cat([st, actions], dim=1) + self.pos_embed[None]], dim=1)
         for block in self.blocks:
             x = block(x)
-        return self.action_out(self.norm(x[:, 2:])).float()
+        return self.action_out(self.norm(x[:, -self.horizon :])).float()
 
 
 class DualSystemVLA(nn.Module):

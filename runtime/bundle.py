@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
+from tokenizers import Tokenizer
 
 from edgevla.runtime.errors import (
     BundleFileMissing,
@@ -17,8 +19,16 @@ from edgevla.runtime.errors import (
     BundleSchemaError,
     BundleShapeMismatch,
     ConfigError,
+    InvalidSetting,
 )
-from edgevla.runtime.manifest import MANIFEST_NAME, SCHEMA_VERSION, Manifest, decode_manifest
+from edgevla.runtime.manifest import (
+    MANIFEST_NAME,
+    SCHEMA_VERSION,
+    FileEntry,
+    Manifest,
+    decode_manifest,
+    validate_sampling,
+)
 from edgevla.runtime.model_config import (
     GRAPH_NAMES,
     PRECISIONS,
@@ -26,8 +36,22 @@ from edgevla.runtime.model_config import (
     ModelConfig,
     graph_specs,
 )
+from edgevla.runtime.parity_thresholds import (
+    PLAN_OUTPUTS,
+    REACT_OUTPUTS,
+    describe_gate,
+    looser_than_exporter,
+    output_passes,
+)
+from edgevla.runtime.tokenizer import vocabulary_problem
 
 _HASH_BLOCK = 1 << 20
+ACTION_KIND = "joint_position"
+JOINT_UNIT = "rad"
+GRIPPER_UNIT = "fraction_open"
+# A chunk row every 1 ms (the fastest UR control rate is 500 Hz) to 1 s: outside this, a
+# period is a unit mistake (ms for s) rather than a policy choice.
+STEP_PERIOD_RANGE_S = (0.001, 1.0)
 
 
 def sha256_file(path: Path) -> str:
@@ -46,6 +70,9 @@ class Bundle:
     manifest: Manifest
     model: ModelConfig
     specs: dict[str, GraphSpec]
+    # Of the manifest.json bytes that were verified: names the TensorRT engine cache and lets
+    # `verify_files` see a manifest swapped after loading.
+    manifest_sha256: str
 
     @property
     def candidates(self) -> int:
@@ -74,6 +101,11 @@ def _field_of(exc: msgspec.ValidationError) -> str | None:
 
 def read_manifest(bundle_dir: Path) -> Manifest:
     """Parse manifest.json; the schema version is checked before any other field."""
+    return _read_manifest(bundle_dir)[0]
+
+
+def _read_manifest(bundle_dir: Path) -> tuple[Manifest, str]:
+    """The parsed manifest and the sha256 of the very bytes it was parsed from."""
     path = bundle_dir / MANIFEST_NAME
     if not bundle_dir.is_dir():
         raise BundleFileMissing(bundle_dir, None, "bundle directory does not exist")
@@ -94,14 +126,14 @@ def read_manifest(bundle_dir: Path) -> Manifest:
             f"unknown schema version {version!r}; this runtime reads version {SCHEMA_VERSION}",
         )
     try:
-        return decode_manifest(raw)
+        return decode_manifest(raw), hashlib.sha256(raw).hexdigest()
     except msgspec.ValidationError as exc:
         raise BundleSchemaError(path, _field_of(exc), str(exc)) from exc
     except msgspec.DecodeError as exc:  # e.g. NaN/Infinity, which Python's json lets through
         raise BundleSchemaError(path, None, f"not valid JSON ({exc})") from exc
 
 
-def _check_files(bundle_dir: Path, manifest: Manifest) -> None:
+def _check_referenced(bundle_dir: Path, manifest: Manifest) -> None:
     manifest_path = bundle_dir / MANIFEST_NAME
     referenced = {f"graphs.{name}.file": g.file for name, g in manifest.graphs.items()}
     referenced.update(
@@ -115,24 +147,52 @@ def _check_files(bundle_dir: Path, manifest: Manifest) -> None:
     for field, rel in referenced.items():
         if rel not in manifest.files:
             raise BundleSchemaError(manifest_path, field, f"{rel!r} has no entry in 'files'")
-    for rel, entry in manifest.files.items():
-        file = bundle_dir / rel
+    for rel in manifest.files:
         if Path(rel).is_absolute() or ".." in Path(rel).parts:
             raise BundleSchemaError(manifest_path, f"files.{rel}", "paths must stay in the bundle")
-        if not file.is_file():
-            raise BundleFileMissing(file, f"files.{rel}", "listed in the manifest but not present")
-        size = file.stat().st_size
-        if size != entry.bytes:
-            raise BundleHashMismatch(
-                file, f"files.{rel}.bytes", f"is {size} bytes, manifest records {entry.bytes}"
-            )
-        actual = sha256_file(file)
-        if actual != entry.sha256:
-            raise BundleHashMismatch(
-                file,
-                f"files.{rel}.sha256",
-                f"sha256 is {actual[:16]}…, manifest records {entry.sha256[:16]}…",
-            )
+
+
+def _check_file(bundle_dir: Path, rel: str, entry: FileEntry, note: str = "") -> None:
+    file = bundle_dir / rel
+    if not file.is_file():
+        raise BundleFileMissing(
+            file, f"files.{rel}", f"listed in the manifest but not present{note}"
+        )
+    size = file.stat().st_size
+    if size != entry.bytes:
+        raise BundleHashMismatch(
+            file, f"files.{rel}.bytes", f"is {size} bytes, manifest records {entry.bytes}{note}"
+        )
+    actual = sha256_file(file)
+    if actual != entry.sha256:
+        raise BundleHashMismatch(
+            file,
+            f"files.{rel}.sha256",
+            f"sha256 is {actual[:16]}…, manifest records {entry.sha256[:16]}…{note}",
+        )
+
+
+def verify_files(bundle: Bundle, files: Iterable[str] | None = None) -> None:
+    """Re-hash manifest.json and `files` (default: all) against what `load_bundle` verified.
+
+    Callers run this after they have read the files (graphs opened, tokenizer parsed), so that a
+    bundle replaced on disk between verification and use is refused rather than half-used.
+    """
+    note = " (changed after the bundle was verified)"
+    manifest_path = bundle.path / MANIFEST_NAME
+    try:
+        digest = sha256_file(manifest_path)
+    except FileNotFoundError:
+        raise BundleFileMissing(manifest_path, None, f"manifest.json is missing{note}") from None
+    if digest != bundle.manifest_sha256:
+        raise BundleHashMismatch(
+            manifest_path,
+            None,
+            f"sha256 is {digest[:16]}…, the verified manifest was "
+            f"{bundle.manifest_sha256[:16]}…{note}",
+        )
+    for rel in bundle.manifest.files if files is None else files:
+        _check_file(bundle.path, rel, bundle.manifest.files[rel], note)
 
 
 def _check_unlisted(bundle_dir: Path, manifest: Manifest) -> None:
@@ -145,21 +205,10 @@ def _check_unlisted(bundle_dir: Path, manifest: Manifest) -> None:
 
 
 def _check_sampling(bundle_dir: Path, manifest: Manifest) -> None:
-    s, path = manifest.sampling, bundle_dir / MANIFEST_NAME
-    rules = [
-        ("candidates", s.candidates >= 1, "must be >= 1"),
-        ("denoise_steps", s.denoise_steps >= 1, "must be >= 1"),
-        ("start_time_min", 0.0 < s.start_time_min <= s.start_time_max, "must be in (0, max]"),
-        ("start_time_max", s.start_time_max <= 1.0, "must be <= 1"),
-        ("noise_temperature", s.noise_temperature > 0.0, "must be > 0"),
-        ("s1_steps", s.s1_steps >= 1, "must be >= 1"),
-        ("s1_theta", 0.0 < s.s1_theta <= 1.0, "must be in (0, 1]"),
-    ]
-    for field, ok, rule in rules:
-        if not ok:
-            raise BundleSchemaError(path, f"sampling.{field}", f"{getattr(s, field)!r} {rule}")
-    if not manifest.action_space.step_period_s > 0:
-        raise BundleSchemaError(path, "action_space.step_period_s", "must be > 0")
+    try:
+        validate_sampling(manifest.sampling)
+    except InvalidSetting as exc:
+        raise BundleSchemaError(bundle_dir / MANIFEST_NAME, exc.field, exc.reason) from None
 
 
 def _check_signatures(bundle_dir: Path, manifest: Manifest, specs: dict[str, GraphSpec]) -> None:
@@ -215,11 +264,91 @@ def _check_spaces(bundle_dir: Path, manifest: Manifest, cfg: ModelConfig) -> Non
     for field in ("state_std", "action_std"):
         if any(not (s > 0) for s in getattr(norm, field)):
             raise BundleSchemaError(manifest_path, f"normalization.{field}", "must all be > 0")
+    # The runtime drives joints to absolute targets in rad and the gripper to an opening
+    # fraction; a bundle in any other action space would be executed with the wrong meaning.
+    if space.kind != ACTION_KIND:
+        raise BundleSchemaError(
+            manifest_path, "action_space.kind", f"{space.kind!r}; this runtime runs {ACTION_KIND!r}"
+        )
+    units = [JOINT_UNIT] * (cfg.action_dim - 1) + [GRIPPER_UNIT]
+    for i, (have, want) in enumerate(zip(space.action_units, units, strict=True)):
+        if have != want:
+            raise BundleSchemaError(
+                manifest_path,
+                f"action_space.action_units[{i}]",
+                f"{have!r} ({space.action_names[i]}); this runtime needs {want!r}",
+            )
+    period = space.step_period_s
+    if not STEP_PERIOD_RANGE_S[0] <= period <= STEP_PERIOD_RANGE_S[1]:
+        raise BundleSchemaError(
+            manifest_path,
+            "action_space.step_period_s",
+            f"{period!r} must be in [{STEP_PERIOD_RANGE_S[0]}, {STEP_PERIOD_RANGE_S[1]}]",
+        )
     if manifest.tokenizer.max_tokens != cfg.max_instruction_tokens:
         raise BundleShapeMismatch(
             manifest_path,
             "tokenizer.max_tokens",
             f"{manifest.tokenizer.max_tokens} but the model takes {cfg.max_instruction_tokens}",
+        )
+
+
+def _check_tokenizer(bundle_dir: Path, manifest: Manifest, cfg: ModelConfig) -> None:
+    path = bundle_dir / manifest.tokenizer.file
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as exc:  # tokenizers raises its own Exception subclass
+        raise BundleSchemaError(path, "tokenizer.file", f"not a tokenizers file ({exc})") from None
+    problem = vocabulary_problem(tokenizer, cfg.vocab_size)
+    if problem:
+        raise BundleSchemaError(path, "tokenizer.file", problem)
+
+
+def _check_parity(bundle_dir: Path, manifest: Manifest, specs: dict[str, GraphSpec]) -> None:
+    """The recorded report must have passed, agree with itself and be as strict as the gate."""
+    path, p = bundle_dir / MANIFEST_NAME, manifest.parity
+
+    def refuse(field: str, reason: str) -> BundleParityFailed:
+        return BundleParityFailed(path, f"parity.{field}", reason)
+
+    if not p.passed:
+        raise refuse("passed", "the export's parity gate did not pass")
+    if p.precision != manifest.precision:
+        raise refuse("precision", f"{p.precision!r} but the bundle is {manifest.precision!r}")
+    if p.observations < 1:
+        raise refuse("observations", f"{p.observations}; the gate needs at least 1")
+    problems = looser_than_exporter(manifest.precision, p.thresholds)
+    if problems:
+        raise refuse("thresholds", "; ".join(problems))
+    expected = {f"graphs.{g}": [t.name for t in spec.outputs] for g, spec in specs.items()}
+    expected.update({"plan": list(PLAN_OUTPUTS), "react": list(REACT_OUTPUTS)})
+    recorded = {f"graphs.{g}": outputs for g, outputs in p.graphs.items()}
+    recorded.update({"plan": p.plan, "react": p.react})
+    if set(p.graphs) != set(GRAPH_NAMES):
+        raise refuse("graphs", f"reports {sorted(p.graphs)}, expected {sorted(GRAPH_NAMES)}")
+    for where, names in expected.items():
+        group = where.removeprefix("graphs.")
+        if sorted(recorded[where]) != sorted(names):
+            raise refuse(where, f"reports {sorted(recorded[where])}, expected {sorted(names)}")
+        for name, o in recorded[where].items():
+            if not o.passed:
+                raise refuse(f"{where}.{name}.passed", "recorded as failed")
+            if not output_passes(p.thresholds, group, name, o.cosine, o.max_abs_err):
+                raise refuse(
+                    f"{where}.{name}",
+                    f"cosine {o.cosine}, max abs err {o.max_abs_err} recorded as passed but the "
+                    f"gate needs {describe_gate(p.thresholds, group, name)}",
+                )
+    c = p.choice
+    if not c.passed:
+        raise refuse("choice.passed", "the exported plan chose another candidate than PyTorch")
+    if not 0 <= c.decisive <= p.observations:
+        raise refuse("choice.decisive", f"{c.decisive} of {p.observations} observations")
+    if not c.decisive / p.observations <= c.agreement <= 1.0:
+        raise refuse(
+            "choice.agreement",
+            f"{c.agreement} but the choice agreed on all {c.decisive} decisive observations "
+            f"of {p.observations}",
         )
 
 
@@ -229,7 +358,7 @@ def load_bundle(path: Path | str) -> Bundle:
     Graph files themselves are checked against these signatures when a backend opens them.
     """
     bundle_dir = Path(path)
-    manifest = read_manifest(bundle_dir)
+    manifest, manifest_sha256 = _read_manifest(bundle_dir)
     manifest_path = bundle_dir / MANIFEST_NAME
     if manifest.precision not in PRECISIONS:
         raise BundleSchemaError(
@@ -241,12 +370,18 @@ def load_bundle(path: Path | str) -> Bundle:
     except ConfigError as exc:
         raise BundleSchemaError(manifest_path, "model", str(exc)) from exc
     specs = graph_specs(cfg, manifest.sampling.candidates, manifest.precision)
-    _check_files(bundle_dir, manifest)
+    _check_referenced(bundle_dir, manifest)
+    for rel, entry in manifest.files.items():
+        _check_file(bundle_dir, rel, entry)
     _check_unlisted(bundle_dir, manifest)
     _check_signatures(bundle_dir, manifest, specs)
     _check_spaces(bundle_dir, manifest, cfg)
-    if not manifest.parity.passed:
-        raise BundleParityFailed(
-            manifest_path, "parity.passed", "the export's parity gate did not pass"
-        )
-    return Bundle(path=bundle_dir, manifest=manifest, model=cfg, specs=specs)
+    _check_tokenizer(bundle_dir, manifest, cfg)
+    _check_parity(bundle_dir, manifest, specs)
+    return Bundle(
+        path=bundle_dir,
+        manifest=manifest,
+        model=cfg,
+        specs=specs,
+        manifest_sha256=manifest_sha256,
+    )

@@ -13,6 +13,15 @@ class ConfigError(EdgeVlaError, ValueError):
     """A configuration value is missing, of the wrong type or out of range."""
 
 
+class InvalidSetting(ConfigError):
+    """One named setting is out of range; ``field`` names it so a caller can re-home the error."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        self.field = field
+        self.reason = reason
+        super().__init__(f"{field}: {reason}")
+
+
 class BundleError(EdgeVlaError):
     """A bundle was refused. ``path`` names the file, ``field`` the manifest field at fault."""
 
@@ -41,11 +50,24 @@ class BundleShapeMismatch(BundleError):
 
 
 class BundleParityFailed(BundleError):
-    """The manifest records that the exported graphs failed the parity gate."""
+    """The manifest's parity report failed, contradicts itself or is looser than the gate."""
+
+
+class BundleGraphInvalid(BundleError):
+    """onnxruntime could not open a graph file (corrupt, or external data it refuses)."""
 
 
 class InferenceInputError(EdgeVlaError, ValueError):
     """An observation or tensor handed to the policy has the wrong shape, dtype or values."""
+
+
+class NonFiniteOutput(EdgeVlaError):
+    """A graph returned NaN or Inf; ``graph`` and ``output`` name where it appeared."""
+
+    def __init__(self, graph: str, output: str, detail: str) -> None:
+        self.graph = graph
+        self.output = output
+        super().__init__(f"graph {graph!r} output {output!r} is not finite: {detail}")
 
 
 class BackendUnavailable(EdgeVlaError):

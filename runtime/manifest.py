@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import msgspec
 
-SCHEMA_VERSION = 1
+from edgevla.runtime.errors import InvalidSetting
+
+# 2: System 1 sees per-patch frame tokens; parity gates Q and robot units by max abs error and
+# gates the choice (`parity.choice`); the action space's kind and units are checked.
+SCHEMA_VERSION = 2
 MANIFEST_NAME = "manifest.json"
 
 
@@ -68,10 +73,50 @@ class Sampling(_Strict):
     s1_theta: float
 
 
+def validate_sampling(sampling: Sampling, where: str = "sampling") -> None:
+    """Refuse sampling settings the runtime cannot honour; the error names `<where>.<field>`.
+
+    One set of rules for the bundle loader, the policy's own overrides and the exporter.
+    """
+    s = sampling
+    for field in ("candidates", "denoise_steps", "s1_steps"):
+        value = getattr(s, field)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise InvalidSetting(f"{where}.{field}", f"{value!r} must be an integer")
+    for field in ("start_time_min", "start_time_max", "noise_temperature", "s1_theta"):
+        value = getattr(s, field)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
+            raise InvalidSetting(f"{where}.{field}", f"{value!r} must be a finite number")
+    rules = [
+        ("candidates", s.candidates >= 1, "must be >= 1"),
+        ("denoise_steps", s.denoise_steps >= 1, "must be >= 1"),
+        ("start_time_min", 0.0 < s.start_time_min <= s.start_time_max, "must be in (0, max]"),
+        ("start_time_max", s.start_time_max <= 1.0, "must be <= 1"),
+        ("noise_temperature", s.noise_temperature > 0.0, "must be > 0"),
+        ("s1_steps", s.s1_steps >= 1, "must be >= 1"),
+        ("s1_theta", 0.0 < s.s1_theta <= 1.0, "must be in (0, 1]"),
+    ]
+    for field, ok, rule in rules:
+        if not ok:
+            raise InvalidSetting(f"{where}.{field}", f"{getattr(s, field)!r} {rule}")
+
+
 class OutputParity(_Strict):
     cosine: float
     max_abs_err: float
     passed: bool
+
+
+class ChoiceParity(_Strict):
+    """Whether the exported plan chose PyTorch's candidate (see runtime.parity_thresholds)."""
+
+    agreement: float  # fraction of observations where both chose the same candidate
+    decisive: int  # observations whose PyTorch top-two Q margin exceeded `choice_margin`
+    passed: bool  # on every decisive observation both chose the same candidate
 
 
 class ParityReport(_Strict):
@@ -81,7 +126,7 @@ class ParityReport(_Strict):
     graphs: dict[str, dict[str, OutputParity]]
     plan: dict[str, OutputParity]
     react: dict[str, OutputParity]
-    choice_agreement: float
+    choice: ChoiceParity
     passed: bool
 
 

@@ -14,9 +14,9 @@ import numpy as np
 
 from edgevla.runtime import system1, system2
 from edgevla.runtime.backend import BackendConfig, InferenceBackend, OnnxRuntimeBackend
-from edgevla.runtime.bundle import Bundle, load_bundle
-from edgevla.runtime.errors import InferenceInputError
-from edgevla.runtime.manifest import Sampling
+from edgevla.runtime.bundle import Bundle, load_bundle, verify_files
+from edgevla.runtime.errors import InferenceInputError, InvalidSetting
+from edgevla.runtime.manifest import Sampling, validate_sampling
 from edgevla.runtime.normalization import Normalizer
 from edgevla.runtime.tokenizer import InstructionTokenizer
 
@@ -44,17 +44,21 @@ class DualSystemPolicy:
         sampling: Sampling | None = None,
     ) -> None:
         self.bundle = bundle
-        self.backend = backend if backend is not None else OnnxRuntimeBackend.from_bundle(bundle)
         self.sampling = sampling or bundle.manifest.sampling
+        validate_sampling(self.sampling)
         if self.sampling.candidates != bundle.candidates:
-            raise InferenceInputError(
+            raise InvalidSetting(
+                "sampling.candidates",
                 f"the bundle's graphs take {bundle.candidates} candidates, "
-                f"sampling asks for {self.sampling.candidates}"
+                f"sampling asks for {self.sampling.candidates} (another N needs another export)",
             )
+        self.backend = backend if backend is not None else OnnxRuntimeBackend.from_bundle(bundle)
         self.normalizer = Normalizer.from_manifest(bundle.manifest.normalization)
         self.tokenizer = InstructionTokenizer.from_file(
             bundle.tokenizer_path, bundle.model.max_instruction_tokens
         )
+        # The tokenizer was read after load_bundle hashed it; refuse one swapped in between.
+        verify_files(bundle, [bundle.manifest.tokenizer.file])
 
     @classmethod
     def from_dir(cls, path: str | Path, config: BackendConfig | None = None) -> DualSystemPolicy:
@@ -62,6 +66,7 @@ class DualSystemPolicy:
         return cls(bundle, OnnxRuntimeBackend.from_bundle(bundle, config))
 
     def with_sampling(self, **changes: float | int) -> DualSystemPolicy:
+        """The same bundle and backend with other sampling settings, checked like the bundle's."""
         return DualSystemPolicy(
             self.bundle, self.backend, msgspec.structs.replace(self.sampling, **changes)
         )

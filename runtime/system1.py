@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgevla.runtime.backend import InferenceBackend
+from edgevla.runtime.system2 import require_finite
 
 
 def plan_slice(chunk: np.ndarray, start_step: int, length: int) -> np.ndarray:
@@ -41,5 +42,7 @@ def react(
         out = backend.run(
             "system1", {"images": images, "state": state, "noisy_actions": x, "time": t}
         )
-        x -= dt * out["velocity"].astype(np.float32)
+        velocity = out["velocity"]
+        require_finite("system1", "velocity", velocity, f", Euler step {k + 1} of {steps}")
+        x -= dt * velocity.astype(np.float32)
     return x[0]

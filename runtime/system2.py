@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgevla.runtime.backend import InferenceBackend
+from edgevla.runtime.errors import NonFiniteOutput
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,24 @@ class PlanResult:
     @property
     def chunk(self) -> np.ndarray:
         return self.candidates[self.chosen]
+
+
+def require_finite(
+    graph: str, output: str, value: np.ndarray, where: str = "", per: str | None = None
+) -> None:
+    """Refuse NaN/Inf from a graph before it reaches a choice or the robot.
+
+    np.argmax returns the index of the first NaN, so a NaN candidate would win the plan.
+    `per` names the first axis (e.g. "candidates") to say which entries are affected.
+    """
+    finite = np.isfinite(value)
+    if finite.all():
+        return
+    detail = f"{int((~finite).sum())} of {value.size} values"
+    if per is not None:
+        bad = np.unique(np.argwhere(~finite)[:, 0])
+        detail += f" in {per} {bad.tolist()}"
+    raise NonFiniteOutput(graph, output, detail + where)
 
 
 def candidate_start_times(candidates: int, t_min: float, t_max: float) -> np.ndarray:
@@ -109,7 +128,11 @@ def denoise_candidates(
                 "time": t,
             },
         )
-        x -= dt[:, None, None] * out["velocity"].astype(np.float32)
+        velocity = out["velocity"]
+        require_finite(
+            "expert_step", "velocity", velocity, f", Euler step {k + 1} of {steps}", "candidates"
+        )
+        x -= dt[:, None, None] * velocity.astype(np.float32)
     return x
 
 
@@ -129,6 +152,7 @@ def plan(
     scored = backend.run("value", {"value_summary": prefix.value_summary, "actions": candidates})
     t3 = time.perf_counter()
     q = scored["q"]
+    require_finite("value", "q", q, per="candidates")
     return PlanResult(
         candidates=candidates,
         q=q,

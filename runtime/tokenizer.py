@@ -13,6 +13,25 @@ PAD_TOKEN = "[PAD]"
 UNK_TOKEN = "[UNK]"
 
 
+def vocabulary_problem(tokenizer: Tokenizer, vocab_size: int) -> str | None:
+    """Why `tokenizer` cannot feed a model with `vocab_size` embedding rows, or None if it can.
+
+    An id at or past `vocab_size` would index past the embedding table: onnxruntime's Gather
+    then fails or reads out of bounds, depending on the provider.
+    """
+    missing = [t for t in (PAD_TOKEN, UNK_TOKEN) if tokenizer.token_to_id(t) is None]
+    if missing:
+        return f"lacks the {' and '.join(missing)} token"
+    size = tokenizer.get_vocab_size(with_added_tokens=True)
+    top = max(tokenizer.get_vocab(with_added_tokens=True).values())
+    if size > vocab_size or top >= vocab_size:
+        return (
+            f"has {size} tokens (highest id {top}) but the model embeds only {vocab_size} "
+            "(model.vocab_size)"
+        )
+    return None
+
+
 class InstructionTokenizer:
     """Turns an instruction into fixed-length ids and a validity mask for the prefix graph."""
 

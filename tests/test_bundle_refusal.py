@@ -219,7 +219,9 @@ _ABSENT = object()
 
 
 @pytest.mark.parametrize(
-    "version", [2, 0, "1", None, _ABSENT], ids=["2", "0", "str", "null", "missing"]
+    "version",
+    [SCHEMA_VERSION + 1, SCHEMA_VERSION - 1, 0, str(SCHEMA_VERSION), None, _ABSENT],
+    ids=["next", "previous", "0", "str", "null", "missing"],
 )
 def test_unknown_schema_version_is_refused(bundle_copy: Path, version: object) -> None:
     def change(m: dict[str, Any]) -> None:
@@ -301,7 +303,17 @@ def test_missing_required_field_is_refused(bundle_copy: Path) -> None:
         (("sampling", "start_time_max"), 1.5, "sampling.start_time_max", "must be <= 1"),
         (("sampling", "s1_theta"), 0.0, "sampling.s1_theta", "must be in (0, 1]"),
         (("sampling", "noise_temperature"), -1.0, "sampling.noise_temperature", "must be > 0"),
-        (("action_space", "step_period_s"), 0.0, "action_space.step_period_s", "must be > 0"),
+        (("action_space", "step_period_s"), 0.0, "action_space.step_period_s", "[0.001, 1.0]"),
+        (("action_space", "step_period_s"), 50.0, "action_space.step_period_s", "[0.001, 1.0]"),
+        (("action_space", "step_period_s"), 5e-4, "action_space.step_period_s", "[0.001, 1.0]"),
+        (("action_space", "kind"), "joint_velocity", "action_space.kind", "'joint_position'"),
+        (("action_space", "action_units", 0), "deg", "action_space.action_units[0]", "'rad'"),
+        (
+            ("action_space", "action_units", 6),
+            "rad",
+            "action_space.action_units[6]",
+            "'fraction_open'",
+        ),
         (("precision",), "fp8", "precision", "'fp8'"),
         (("model", "d_model"), 0, "model", "d_model must be > 0"),
     ],
@@ -319,6 +331,101 @@ def test_failed_parity_gate_is_refused(bundle_copy: Path) -> None:
     edit_manifest(bundle_copy, set_at(("parity", "passed"), False))
     exc = refused(bundle_copy, BundleParityFailed)
     assert_names_manifest(exc, bundle_copy, "parity.passed")
+
+
+def _drop(keys: tuple[str, ...]) -> Callable[[dict[str, Any]], None]:
+    def change(manifest: dict[str, Any]) -> None:
+        node: Any = manifest
+        for key in keys[:-1]:
+            node = node[key]
+        del node[keys[-1]]
+
+    return change
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "words"),
+    [
+        # An output recorded as failed while the overall verdict says passed.
+        (
+            set_at(("parity", "graphs", "value", "q", "passed"), False),
+            "parity.graphs.value.q.passed",
+            "recorded as failed",
+        ),
+        (
+            set_at(("parity", "react", "slice", "passed"), False),
+            "parity.react.slice.passed",
+            "recorded as failed",
+        ),
+        # Numbers that fail the recorded thresholds, recorded as passed.
+        (
+            set_at(("parity", "graphs", "expert_step", "velocity", "cosine"), 0.5),
+            "parity.graphs.expert_step.velocity",
+            "needs cosine ≥ 0.9999",
+        ),
+        (
+            set_at(("parity", "plan", "chunk_robot_units", "max_abs_err"), 0.2),
+            "parity.plan.chunk_robot_units",
+            "needs max abs ≤ 0.0001",
+        ),
+        # A report made at another precision, or on no observations.
+        (set_at(("parity", "precision"), "fp16"), "parity.precision", "bundle is 'fp32'"),
+        (set_at(("parity", "observations"), 0), "parity.observations", "at least 1"),
+        # Thresholds looser than the exporter's, missing or unknown.
+        (
+            set_at(("parity", "thresholds", "graph_cosine"), 0.9),
+            "parity.thresholds",
+            "graph_cosine 0.9 is looser than 0.9999",
+        ),
+        (
+            set_at(("parity", "thresholds", "q_max_abs"), 1.0),
+            "parity.thresholds",
+            "q_max_abs 1 is looser than 0.0001",
+        ),
+        (
+            set_at(("parity", "thresholds", "choice_margin"), 10.0),
+            "parity.thresholds",
+            "choice_margin 10 is looser than 0.0002",
+        ),
+        (
+            _drop(("parity", "thresholds", "robot_units_max_abs")),
+            "parity.thresholds",
+            "robot_units_max_abs missing",
+        ),
+        (
+            set_at(("parity", "thresholds", "vibes"), 1.0),
+            "parity.thresholds",
+            "vibes is not a threshold",
+        ),
+        # Outputs left out of the report.
+        (_drop(("parity", "graphs", "system1")), "parity.graphs", "expected"),
+        (_drop(("parity", "plan", "q")), "parity.plan", "expected"),
+        (_drop(("parity", "graphs", "prefix", "token_scores")), "parity.graphs.prefix", "expected"),
+        # The choice gate.
+        (set_at(("parity", "choice", "passed"), False), "parity.choice.passed", "another"),
+        (set_at(("parity", "choice", "decisive"), 4), "parity.choice.decisive", "4 of 3"),
+        (
+            set_at(("parity", "choice", "agreement"), 0.0),
+            "parity.choice.agreement",
+            "agreed on all 3 decisive",
+        ),
+    ],
+)
+def test_self_contradictory_parity_report_is_refused(
+    bundle_copy: Path, change: Callable[[dict[str, Any]], None], field: str, words: str
+) -> None:
+    """`parity.passed` alone is not trusted: the report must agree with itself and be at least
+    as strict as the exporter's gate for the bundle's precision."""
+    assert load_bundle(bundle_copy).manifest.parity.choice.decisive == 3
+    edit_manifest(bundle_copy, change)
+    exc = refused(bundle_copy, BundleParityFailed)
+    assert_names_manifest(exc, bundle_copy, field)
+    assert words in str(exc)
+
+
+def test_stricter_thresholds_than_the_gate_are_accepted(bundle_copy: Path) -> None:
+    edit_manifest(bundle_copy, set_at(("parity", "thresholds", "graph_cosine"), 0.99999))
+    assert load_bundle(bundle_copy).manifest.parity.thresholds["graph_cosine"] == 0.99999
 
 
 def test_missing_graph_entry_is_refused(bundle_copy: Path) -> None:
@@ -502,6 +609,56 @@ def test_candidates_and_declared_graphs_changed_together_are_refused_on_open(
     assert info.value.path == bundle_copy / "expert_step.onnx"
     assert info.value.field == "inputs.noisy_actions"
     assert "expert_step.onnx" in str(info.value)
+
+
+def _tokenizer_json(bundle: Path) -> dict[str, Any]:
+    return json.loads((bundle / "tokenizer.json").read_text())
+
+
+def _write_tokenizer(bundle: Path, tokenizer: dict[str, Any]) -> None:
+    (bundle / "tokenizer.json").write_text(json.dumps(tokenizer))
+    edit_manifest(bundle, rehash(bundle, "tokenizer.json"))
+
+
+def test_tokenizer_larger_than_the_model_vocabulary_is_refused(bundle_copy: Path) -> None:
+    """Ids past model.vocab_size (128 for tiny) would index past the embedding table."""
+    tok = _tokenizer_json(bundle_copy)
+    vocab = tok["model"]["vocab"]
+    for i in range(200):
+        vocab.setdefault(f"word{i}", len(vocab))
+    _write_tokenizer(bundle_copy, tok)
+    exc = refused(bundle_copy, BundleSchemaError)
+    assert exc.path == bundle_copy / "tokenizer.json"
+    assert exc.field == "tokenizer.file"
+    assert "tokenizer.json" in str(exc) and "embeds only 128" in str(exc)
+
+
+def test_tokenizer_with_a_high_id_is_refused(bundle_copy: Path) -> None:
+    tok = _tokenizer_json(bundle_copy)
+    tok["model"]["vocab"]["zebra"] = 128
+    _write_tokenizer(bundle_copy, tok)
+    exc = refused(bundle_copy, BundleSchemaError)
+    assert "highest id 128" in str(exc)
+
+
+@pytest.mark.parametrize("token", ["[PAD]", "[UNK]"])
+def test_tokenizer_without_special_tokens_is_refused(bundle_copy: Path, token: str) -> None:
+    tok = _tokenizer_json(bundle_copy)
+    vocab = tok["model"]["vocab"]
+    vocab[token + "x"] = vocab.pop(token)
+    if token == "[UNK]":
+        tok["model"]["unk_token"] = "[UNK]x"
+    _write_tokenizer(bundle_copy, tok)
+    exc = refused(bundle_copy, BundleSchemaError)
+    assert exc.path == bundle_copy / "tokenizer.json"
+    assert f"lacks the {token} token" in str(exc)
+
+
+def test_tokenizer_that_is_not_a_tokenizer_is_refused(bundle_copy: Path) -> None:
+    _write_tokenizer(bundle_copy, {"hello": "world"})
+    exc = refused(bundle_copy, BundleSchemaError)
+    assert exc.path == bundle_copy / "tokenizer.json"
+    assert "not a tokenizers file" in str(exc)
 
 
 def test_nan_in_the_manifest_is_refused_as_invalid_json(bundle_copy: Path) -> None:

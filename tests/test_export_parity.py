@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,11 +15,13 @@ from edgevla.export import bundle_writer
 from edgevla.export.bundle_writer import ExportOptions, export_bundle
 from edgevla.export.checkpoint import ReferencePolicy
 from edgevla.export.onnx_export import ExportError
-from edgevla.export.parity import ParityError, parity_inputs
+from edgevla.export.parity import ParityError, failures, parity_inputs, run_parity_gate
 from edgevla.export.reference_policy import torch_plan, torch_react
 from edgevla.runtime import system1, system2
+from edgevla.runtime.backend import CPU, BackendConfig, OnnxRuntimeBackend
 from edgevla.runtime.bundle import load_bundle
 from edgevla.runtime.errors import BundleHashMismatch
+from edgevla.runtime.manifest import ParityReport
 from edgevla.runtime.policy import DualSystemPolicy
 
 
@@ -29,7 +33,12 @@ def test_manifest_records_passing_fp32_parity(tiny_bundle: Path) -> None:
         "graph_max_abs": 1e-4,
         "action_cosine": 0.9999,
         "action_max_abs": 1e-4,
+        "q_max_abs": 1e-4,
+        "robot_units_max_abs": 1e-4,
+        "choice_margin": 2e-4,
     }
+    assert set(parity.plan) == {"candidates", "q", "chunk_robot_units"}
+    assert parity.choice.passed and parity.choice.agreement == 1.0
     assert set(parity.graphs) == {"prefix", "expert_step", "value", "system1"}
     assert set(parity.graphs["prefix"]) == {
         "prefix_k",
@@ -73,17 +82,61 @@ def test_fp16_bundle_passes_its_gate(tiny_bundle_fp16: Path) -> None:
     bundle = load_bundle(tiny_bundle_fp16)
     parity = bundle.manifest.parity
     assert parity.passed and parity.precision == "fp16"
-    assert parity.thresholds == {"graph_cosine": 0.999, "action_cosine": 0.99}
+    assert parity.thresholds == {
+        "graph_cosine": 0.999,
+        "action_cosine": 0.99,
+        "q_max_abs": 5e-3,
+        "robot_units_max_abs": 1e-2,
+        "choice_margin": 1e-2,
+    }
     for group in parity.graphs.values():
         assert all(r.cosine >= 0.999 for r in group.values())
     assert parity.plan["candidates"].cosine >= 0.99
+    assert parity.plan["q"].max_abs_err <= 5e-3
+    assert parity.plan["chunk_robot_units"].max_abs_err <= 1e-2
     assert parity.react["slice"].cosine >= 0.99
-    # The cache crosses between graphs at half precision; Euler accumulation stays float32.
+    assert parity.choice.passed
+    # The cache crosses between graphs at half precision.
     assert bundle.specs["prefix"].outputs[0].dtype == "float16"
-    policy = DualSystemPolicy(bundle)
-    obs_inputs = parity_inputs_for(policy)
-    result = policy.plan(obs_inputs, np.random.default_rng(0))
-    assert result.result.candidates.dtype == np.float32
+
+
+def test_float32_euler_accumulation_matters_at_fp16(
+    tiny_bundle_fp16: Path, tiny_policy: ReferencePolicy
+) -> None:
+    """The runtime integrates in float32 over fp16 graphs; doing it in float16 costs accuracy.
+
+    Same fp16 graphs, same noise: System 2's Euler loop by hand with a float16 state against
+    the runtime's float32 one, both measured against the float32 PyTorch plan.
+    """
+    bundle = load_bundle(tiny_bundle_fp16)
+    backend = OnnxRuntimeBackend.from_bundle(bundle, BackendConfig(providers=(CPU,)))
+    cfg, s = bundle.model, bundle.manifest.sampling
+    steps = 20
+    starts = system2.candidate_start_times(s.candidates, s.start_time_min, s.start_time_max)
+    rng = np.random.default_rng(3)
+    err32, err16 = [], []
+    for inputs in parity_inputs(tiny_policy, count=3, seed=1):
+        noise = system2.sample_noise(rng, (s.candidates, cfg.chunk_len, cfg.action_dim))
+        ref = torch_plan(tiny_policy.model, inputs, noise, starts, steps).candidates
+        prefix = system2.encode_prefix(backend, inputs)
+        ours = system2.denoise_candidates(backend, prefix, noise, starts, steps)
+        x = noise.astype(np.float16)
+        dt = (starts / steps).astype(np.float16)
+        for k in range(steps):
+            feeds = {
+                "prefix_k": prefix.k,
+                "prefix_v": prefix.v,
+                "prefix_mask": prefix.mask,
+                "noisy_actions": x.astype(np.float32),
+                "time": (starts * (1.0 - k / steps)).astype(np.float32),
+            }
+            velocity = backend.run("expert_step", feeds)["velocity"].astype(np.float16)
+            x = x - dt[:, None, None] * velocity
+        err32.append(np.abs(ours - ref).max())
+        err16.append(np.abs(x.astype(np.float32) - ref).max())
+    # Measured: float32 1.1e-3, float16 5.6e-3 (K = 20); the gap grows with K.
+    assert max(err16) > 2 * max(err32)
+    assert max(err32) < 2e-3
 
 
 def parity_inputs_for(policy: DualSystemPolicy):
@@ -97,8 +150,8 @@ def parity_inputs_for(policy: DualSystemPolicy):
     )
 
 
-def _corrupting_export(target: str):
-    """Wrap the real exporter so that `target` comes out with one weight matrix perturbed."""
+def _corrupting_export(target: str, factor: float = 1.05):
+    """Wrap the real exporter so that `target` comes out with one weight matrix scaled."""
     real = bundle_writer.export_graph
 
     def export(model, spec, precision, path, *rest):
@@ -108,7 +161,7 @@ def _corrupting_export(target: str):
         proto = onnx.load(str(path))
         init = max(proto.graph.initializer, key=lambda t: int(np.prod(t.dims)))
         array = numpy_helper.to_array(init).copy()
-        array *= 1.05
+        array *= np.asarray(factor, dtype=array.dtype)
         init.CopyFrom(numpy_helper.from_array(array, init.name))
         onnx.save(proto, str(path))
 
@@ -129,6 +182,22 @@ def test_failing_gate_names_graph_and_leaves_nothing(
     message = str(info.value)
     assert "expert_step.velocity" in message and "cosine" in message
     assert "prefix." not in message  # the untouched graphs passed
+    assert _leftovers(tmp_path) == []
+
+
+def test_failing_fp16_gate_names_graph_and_leaves_nothing(
+    tiny_policy: ReferencePolicy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fp16's looser thresholds still catch a wrong weight (measured: cosine 0.97)."""
+    monkeypatch.setattr(bundle_writer, "export_graph", _corrupting_export("expert_step", 1.5))
+    with pytest.raises(ParityError) as info:
+        export_bundle(
+            tiny_policy, tmp_path / "bundle", ExportOptions(precision="fp16", parity_observations=1)
+        )
+    message = str(info.value)
+    assert "at fp16" in message
+    assert re.search(r"expert_step\.velocity: cosine 0\.9\d+.*needs cosine ≥ 0\.999", message)
+    assert "value." not in message and "system1." not in message
     assert _leftovers(tmp_path) == []
 
 
@@ -199,3 +268,93 @@ def test_external_weight_files_are_bundled_and_hash_checked(
     data.write_bytes(bytes(raw))
     with pytest.raises(BundleHashMismatch, match=r"expert_step\.onnx\.data"):
         load_bundle(out)
+
+
+class _Rewriting:
+    """An InferenceBackend around a real one that rewrites one graph's outputs (a fault)."""
+
+    def __init__(self, inner: OnnxRuntimeBackend, graph: str, rewrite) -> None:
+        self.inner, self.graph, self.rewrite = inner, graph, rewrite
+
+    @property
+    def providers(self) -> list[str]:
+        return self.inner.providers
+
+    def run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = self.inner.run(graph, feeds)
+        return self.rewrite(out) if graph == self.graph else out
+
+
+@pytest.fixture(scope="module")
+def fp16_backend(tiny_bundle_fp16: Path) -> OnnxRuntimeBackend:
+    return OnnxRuntimeBackend.from_bundle(
+        load_bundle(tiny_bundle_fp16), BackendConfig(providers=(CPU,), warmup_runs=0)
+    )
+
+
+def _gate(policy: ReferencePolicy, backend, bundle: Path) -> ParityReport:
+    sampling = load_bundle(bundle).manifest.sampling
+    return run_parity_gate(policy, backend, "fp16", sampling, observations=3, seed=0)
+
+
+def test_fp16_gate_refuses_a_reversed_choice(
+    tiny_policy: ReferencePolicy, tiny_bundle_fp16: Path, fp16_backend: OnnxRuntimeBackend
+) -> None:
+    """In every plan the value graph scores the best candidate just under the second best.
+
+    Q moves by little more than the top-two margin, so Q's cosine stays above fp16's 0.99
+    (measured 0.998); the robot would still run another candidate. The graph probe of `value`
+    (the first value call of each observation) is left alone, so only the plan can show it.
+    """
+    calls = itertools.count()
+
+    def demote_best(out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if next(calls) % 2 == 0:  # the gate's probe of the value graph alone
+            return out
+        q = out["q"].copy()
+        order = np.argsort(q)
+        q[order[-1]] = q[order[-2]] - 1e-3
+        return {**out, "q": q}
+
+    report = _gate(tiny_policy, _Rewriting(fp16_backend, "value", demote_best), tiny_bundle_fp16)
+    assert all(o.passed for g in report.graphs.values() for o in g.values())
+    assert report.plan["candidates"].passed and report.plan["q"].cosine > 0.99
+    assert not report.passed and not report.choice.passed
+    assert report.choice.decisive >= 1 and report.choice.agreement == 0.0
+    lines = "\n".join(failures(report))
+    assert "plan.choice" in lines
+    assert "plan.q" in lines and "needs max abs ≤ 0.005" in lines
+    assert "plan.chunk_robot_units" in lines  # the runtime's own choice, not PyTorch's
+
+
+def test_fp16_gate_measures_robot_units_in_rad(
+    tiny_policy: ReferencePolicy, tiny_bundle_fp16: Path, fp16_backend: OnnxRuntimeBackend
+) -> None:
+    """A velocity bias of 0.02 moves every joint target by ~0.015 rad: cosine of absolute
+    joint targets cannot see it (the home-pose offset dominates), max abs error in rad can."""
+
+    def bias(out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {"velocity": out["velocity"] + np.float32(0.02)}
+
+    report = _gate(tiny_policy, _Rewriting(fp16_backend, "expert_step", bias), tiny_bundle_fp16)
+    chunk = report.plan["chunk_robot_units"]
+    assert chunk.cosine > 0.9999  # would pass even fp32's cosine threshold
+    assert chunk.max_abs_err > 1e-2 and not chunk.passed
+    assert report.graphs["expert_step"]["velocity"].passed
+    assert report.plan["candidates"].passed
+    assert [line.split(":")[0] for line in failures(report)] == ["plan.chunk_robot_units"]
+
+
+def test_gate_names_a_nan_from_the_exported_graphs(
+    tiny_policy: ReferencePolicy, tiny_bundle_fp16: Path, fp16_backend: OnnxRuntimeBackend
+) -> None:
+    """The runtime refuses NaN in a plan; the gate turns that into a ParityError naming it."""
+
+    def poison(out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        velocity = out["velocity"].copy()
+        velocity[0, 0, 0] = np.nan
+        return {"velocity": velocity}
+
+    backend = _Rewriting(fp16_backend, "expert_step", poison)
+    with pytest.raises(ParityError, match="plan: graph 'expert_step' output 'velocity'"):
+        _gate(tiny_policy, backend, tiny_bundle_fp16)

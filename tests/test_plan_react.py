@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
+import msgspec
 import numpy as np
+import onnxruntime
 import pytest
 
+from edgevla.runtime import backend as backend_module
 from edgevla.runtime import system1, system2
 from edgevla.runtime.backend import (
     CPU,
@@ -16,10 +23,16 @@ from edgevla.runtime.backend import (
     TENSORRT,
     BackendConfig,
     OnnxRuntimeBackend,
+    engine_cache_for,
     select_providers,
 )
 from edgevla.runtime.bundle import load_bundle
-from edgevla.runtime.errors import BackendUnavailable, ConfigError, InferenceInputError
+from edgevla.runtime.errors import (
+    BackendUnavailable,
+    ConfigError,
+    InferenceInputError,
+    NonFiniteOutput,
+)
 from edgevla.runtime.policy import DualSystemPolicy, Observation
 
 
@@ -133,19 +146,56 @@ def test_backend_refuses_wrong_feeds(policy: DualSystemPolicy) -> None:
 
 
 def test_sampling_must_fit_the_graphs(policy: DualSystemPolicy) -> None:
-    with pytest.raises(InferenceInputError, match="take 5 candidates"):
+    """Another N is a configuration mistake (the graphs are built for N), not a bad input."""
+    with pytest.raises(ConfigError, match=r"sampling\.candidates: .*take 5 candidates") as info:
         policy.with_sampling(candidates=3)
+    assert not isinstance(info.value, InferenceInputError)
     fewer_steps = policy.with_sampling(denoise_steps=2)
     assert fewer_steps.plan(observation(policy), np.random.default_rng(0)).chunk.shape == (8, 7)
 
 
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"denoise_steps": 0}, "sampling.denoise_steps: 0 must be >= 1"),
+        ({"s1_steps": -1}, "sampling.s1_steps: -1 must be >= 1"),
+        ({"s1_theta": 1.5}, r"sampling.s1_theta: 1.5 must be in \(0, 1\]"),
+        ({"start_time_min": 0.0}, r"sampling.start_time_min: 0.0 must be in \(0, max\]"),
+        ({"start_time_max": 2.0}, "sampling.start_time_max: 2.0 must be <= 1"),
+        ({"noise_temperature": 0.0}, "sampling.noise_temperature: 0.0 must be > 0"),
+        ({"noise_temperature": float("nan")}, "sampling.noise_temperature: nan must be a finite"),
+        ({"denoise_steps": 2.5}, "sampling.denoise_steps: 2.5 must be an integer"),
+    ],
+)
+def test_sampling_overrides_are_checked_like_the_bundles(
+    policy: DualSystemPolicy, change: dict, words: str
+) -> None:
+    """with_sampling goes through the loader's rules: no plan runs with settings a bundle
+    carrying them would be refused for."""
+    with pytest.raises(ConfigError, match=words) as info:
+        policy.with_sampling(**change)
+    assert info.value.field == f"sampling.{next(iter(change))}"
+    with pytest.raises(ConfigError, match=words):
+        DualSystemPolicy(
+            policy.bundle, policy.backend, msgspec.structs.replace(policy.sampling, **change)
+        )
+
+
 def test_provider_selection(tiny_bundle: Path, tmp_path: Path) -> None:
     everything = [TENSORRT, CUDA, CPU]
-    cache = tmp_path / "engines"
+    bundle = load_bundle(tiny_bundle)
+    digest = hashlib.sha256((tiny_bundle / "manifest.json").read_bytes()).hexdigest()[:16]
+    # Engines live in a directory named after the bundle's content, under the cache root.
+    cache = engine_cache_for(bundle, BackendConfig())
+    assert cache == tiny_bundle.resolve().with_name("tiny-fp32.engines") / digest
+    assert engine_cache_for(bundle, BackendConfig(engine_cache_dir=tmp_path / "e")) == (
+        tmp_path / "e" / digest
+    )
     chosen = select_providers(BackendConfig(), "fp16", cache, available=everything)
     assert [name for name, _ in chosen] == [TENSORRT, CUDA, CPU]
     trt = chosen[0][1]
-    assert trt["trt_fp16_enable"] is True and trt["trt_engine_cache_path"] == str(cache)
+    assert trt["trt_fp16_enable"] is True
+    assert trt["trt_engine_cache_path"] == trt["trt_timing_cache_path"] == str(cache)
     assert trt["trt_timing_cache_enable"] is True
     assert (
         select_providers(BackendConfig(), "fp32", cache, everything)[0][1]["trt_fp16_enable"]
@@ -190,3 +240,116 @@ sys.stdout.buffer.write(policy.plan(obs, np.random.default_rng(2)).chunk.tobytes
     assert done.returncode == 0, done.stderr.decode()
     theirs = np.frombuffer(done.stdout, np.float32).reshape(8, 7)
     np.testing.assert_allclose(policy.plan(obs, np.random.default_rng(2)).chunk, theirs, atol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:Specified provider 'TensorrtExecutionProvider':UserWarning")
+def test_tensorrt_engines_are_cached_per_bundle_content(
+    bundle_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An in-place re-export gets a fresh engine directory instead of the old bundle's engines.
+
+    TensorRT is faked as available: onnxruntime warns and runs the graphs on the CPU, but the
+    backend has already chosen (and created) the engine cache directory it hands to TensorRT.
+    """
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: [TENSORRT, CPU])
+    root = bundle_copy.with_name("bundle.engines")
+    config = BackendConfig(warmup_runs=0)
+    OnnxRuntimeBackend.from_bundle(load_bundle(bundle_copy), config)
+    first = [p.name for p in root.iterdir()]
+    assert first == [hashlib.sha256((bundle_copy / "manifest.json").read_bytes()).hexdigest()[:16]]
+    assert not any(p.name.endswith(".engines") for p in bundle_copy.iterdir())
+    # "Re-export" under the same path: other content, same file names.
+    (bundle_copy / "manifest.json").write_text(
+        json.dumps({**json.loads((bundle_copy / "manifest.json").read_text()), "created_utc": "x"})
+    )
+    OnnxRuntimeBackend.from_bundle(load_bundle(bundle_copy), config)
+    assert len(list(root.iterdir())) == 2
+
+
+def test_a_second_pool_size_is_a_warning(
+    tiny_bundle: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """onnxruntime's shared pool is sized once per process; a later request is not silent."""
+    bundle = load_bundle(tiny_bundle)
+    OnnxRuntimeBackend.from_bundle(bundle, BackendConfig(warmup_runs=0))  # the pool exists now
+    have = backend_module._shared_pool_sizes
+    asked = (7, 3)
+    assert have != asked
+    with caplog.at_level(logging.WARNING, logger="edgevla.runtime.backend"):
+        OnnxRuntimeBackend.from_bundle(
+            bundle, BackendConfig(intra_op_threads=7, inter_op_threads=3, warmup_runs=0)
+        )
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    text = warnings[0].getMessage()
+    assert "asked for intra-op 7, inter-op 3" in text
+    if have is not None:
+        assert f"exist with intra-op {have[0]}, inter-op {have[1]}" in text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="edgevla.runtime.backend"):
+        OnnxRuntimeBackend.from_bundle(bundle, BackendConfig(warmup_runs=0))
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING] or have is None
+
+
+@pytest.mark.parametrize(
+    ("config", "words"),
+    [
+        ({"providers": "CPUExecutionProvider"}, "providers must be 'auto' or a tuple"),
+        ({"thread_pool": "global"}, "thread_pool must be 'shared' or 'per_session'"),
+        ({"intra_op_threads": -1}, "intra_op_threads must be an integer >= 0"),
+    ],
+)
+def test_backend_config_is_checked(config: dict, words: str) -> None:
+    with pytest.raises(ConfigError, match=words):
+        BackendConfig(**config)
+    assert BackendConfig(providers=[CPU]).providers == (CPU,)
+
+
+class NaNInjecting:
+    """A fault-injecting InferenceBackend: the real backend, with NaN written into one entry of
+    one graph output (the first axis `row`), as a numerically broken graph would produce."""
+
+    def __init__(self, inner: OnnxRuntimeBackend, graph: str, output: str, row: int) -> None:
+        self.inner, self.graph, self.output, self.row = inner, graph, output, row
+
+    @property
+    def providers(self) -> list[str]:
+        return self.inner.providers
+
+    def run(self, graph: str, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = self.inner.run(graph, feeds)
+        if graph == self.graph:
+            value = out[self.output].copy()
+            value.reshape(value.shape[0], -1)[self.row, 0] = np.nan
+            out = {**out, self.output: value}
+        return out
+
+
+@pytest.mark.parametrize(
+    ("graph", "output", "row", "words"),
+    [
+        ("value", "q", 3, r"'value' output 'q' is not finite: 1 of 5 values in candidates \[3\]"),
+        (
+            "expert_step",
+            "velocity",
+            1,
+            r"'expert_step' output 'velocity' .* in candidates \[1\], Euler step 1 of 10",
+        ),
+    ],
+)
+def test_a_nan_candidate_never_wins_the_plan(
+    policy: DualSystemPolicy, graph: str, output: str, row: int, words: str
+) -> None:
+    """np.argmax picks the first NaN, so without the check candidate `row` would be chosen."""
+    assert np.argmax(np.array([0.1, 0.2, 0.3, np.nan, 0.0])) == 3
+    faulty = DualSystemPolicy(policy.bundle, NaNInjecting(policy.backend, graph, output, row))
+    with pytest.raises(NonFiniteOutput, match=words) as info:
+        faulty.plan(observation(policy), np.random.default_rng(0))
+    assert (info.value.graph, info.value.output) == (graph, output)
+
+
+def test_a_nan_from_system1_is_refused(policy: DualSystemPolicy) -> None:
+    plan = policy.plan(observation(policy), np.random.default_rng(0))
+    faulty = DualSystemPolicy(policy.bundle, NaNInjecting(policy.backend, "system1", "velocity", 0))
+    with pytest.raises(NonFiniteOutput, match=r"'system1' output 'velocity'.*Euler step 1 of 3"):
+        faulty.react(plan, 0, observation(policy), np.random.default_rng(1))
