@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -31,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import RESULTS, cpu_model, machine, save
 from rich.console import Console
 from rich.table import Table
 
@@ -43,18 +42,6 @@ from edgevla.export.reference_policy import torch_plan, torch_react
 from edgevla.runtime import system1, system2
 from edgevla.runtime.backend import CPU, BackendConfig, OnnxRuntimeBackend
 from edgevla.runtime.bundle import load_bundle
-
-RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:
@@ -217,12 +204,7 @@ def main() -> int:
         "benchmark": "plan",
         "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": {
-            "cpu": cpu_model(),
-            "cores": os.cpu_count(),
-            "platform": platform.platform(),
-            "threads": args.threads,
-        },
+        "machine": {**machine(), "threads": args.threads},
         "versions": library_versions(),
         "settings": {
             "config": cfg.name,
@@ -264,10 +246,7 @@ def main() -> int:
         if goal is not None:
             verdict = f" (goal ≥ {goal:.1f}× {'met' if value >= goal else 'NOT met'})"
         console.print(f"{name}: {value:.2f}×{verdict}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    stamp = record["created_utc"].replace(":", "").replace("-", "")
-    path = args.out / f"plan-{cfg.name}-n{n}-{stamp}.json"
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    path = save(record, args.out, f"plan-{cfg.name}-n{n}")
     console.print(f"wrote {path}")
     return 0
 

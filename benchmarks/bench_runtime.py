@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from common import RESULTS, cpu_model, machine, save
 from rich.console import Console
 from rich.table import Table
 
@@ -31,17 +30,9 @@ from edgevla.runtime.config import config_from_dict
 from edgevla.runtime.faults import Fault
 from edgevla.runtime.supervisor import RunOptions, Supervisor
 
-RESULTS = Path(__file__).resolve().parent / "results"
 WATCHDOG_FAULTS = (Fault.POLICY_HANG, Fault.CAMERA_STALL, Fault.MCU_SILENT)
 GOAL_P99_US = 250.0
 GOAL_REACTION_PERIODS = 2
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def run(bundle: Path, seconds: float, **sections: dict) -> dict:
@@ -127,7 +118,7 @@ def main() -> int:
         "benchmark": "runtime",
         "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform()},
+        "machine": machine(),
         "bundle": str(args.bundle or "small (exported for this run)"),
         "runs": rows,
         "watchdog_reaction": reactions,
@@ -186,10 +177,7 @@ def main() -> int:
         else "NOT met"
     )
     console.print(f"goal p99 ≤ {GOAL_P99_US:.0f} µs with no missed cycle: {verdict}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    stamp = record["created_utc"].replace(":", "").replace("-", "")
-    path = args.out / f"runtime-{stamp}.json"
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    path = save(record, args.out, "runtime")
     console.print(f"wrote {path}")
     return 0
 

@@ -89,50 +89,6 @@ def test_injected_fault_stops_the_robot(tiny_bundle: Path, fault: Fault, cause: 
         assert report["final"]["robot_stopped"], report["final"]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGSTOP, signal.SIGKILL])
-def test_outside_signal_to_the_policy_process(tiny_bundle: Path, tmp_path: Path, sig: int) -> None:
-    """A real SIGSTOP or SIGKILL from outside, through the real command line."""
-    config = tmp_path / "run.toml"
-    config.write_text(f'[policy]\nbundle = "{tiny_bundle}"\n')
-    report_path = tmp_path / "report.json"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "edgevla.cli",
-            "run",
-            "--config",
-            str(config),
-            "--duration",
-            str(RUN_S),
-            "--report",
-            str(report_path),
-            "--quiet",
-        ],
-        stderr=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    policy_pid = None
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        if line.startswith("edgevla: control pid"):
-            policy_pid = int(line.rsplit(" ", 1)[1])
-            break
-    assert policy_pid is not None
-    time.sleep(FAULT_AT_S)
-    os.kill(policy_pid, sig)
-    try:
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if sig == signal.SIGSTOP:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(policy_pid, signal.SIGCONT)  # in case the supervisor did not reap it
-    assert proc.returncode == 3, (out, err)
-    report = json.loads(report_path.read_text())
-    assert_safe_end(report, "policy-dead")
-
-
 def _start_cli(bundle: Path, tmp_path: Path, *extra: str) -> tuple[subprocess.Popen, int, int]:
     config = tmp_path / "run.toml"
     config.write_text(f'[policy]\nbundle = "{bundle}"\n')
@@ -159,6 +115,23 @@ def _start_cli(bundle: Path, tmp_path: Path, *extra: str) -> tuple[subprocess.Po
             words = line.replace(",", "").split()
             return proc, int(words[3]), int(words[6])
     raise AssertionError("no pid line from edgevla run")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGSTOP, signal.SIGKILL])
+def test_outside_signal_to_the_policy_process(tiny_bundle: Path, tmp_path: Path, sig: int) -> None:
+    """A real SIGSTOP or SIGKILL from outside, through the real command line."""
+    proc, _, policy_pid = _start_cli(tiny_bundle, tmp_path, "--duration", str(RUN_S))
+    time.sleep(FAULT_AT_S)
+    os.kill(policy_pid, sig)
+    try:
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if sig == signal.SIGSTOP:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(policy_pid, signal.SIGCONT)  # in case the supervisor did not reap it
+    assert proc.returncode == 3, (out, err)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert_safe_end(report, "policy-dead")
 
 
 def test_sigterm_stops_the_robot_before_exit(tiny_bundle: Path, tmp_path: Path) -> None:

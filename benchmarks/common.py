@@ -1,0 +1,33 @@
+"""What every benchmark records about where it ran, and how it saves its result."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine() -> dict[str, object]:
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform()}
+
+
+def save(record: dict, out: Path, name: str) -> Path:
+    """Write `record` as `<out>/<name>-<created_utc>.json` and return the path."""
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = record["created_utc"].replace(":", "").replace("-", "")
+    path = out / f"{name}-{stamp}.json"
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return path
