@@ -36,7 +36,8 @@ _SPIN_S = 0.0002  # sleep until this close to the deadline, then spin: sleep wak
 _PARENT_CHECK_CYCLES = 50
 _SETTLED_RAD_S = 1e-3  # measured joint speed below which the arm counts as at rest
 _SETTLED_FOR_S = 0.05  # ... for this long: a servo ringing through zero speed is not at rest
-_SETTLE_TIMEOUT_S = 2.0  # after this, at rest on the command alone (logged by the report)
+_SETTLE_TIMEOUT_S = 2.0  # after this, at rest on the command alone
+_MAX_CYCLE_FAULTS = 50  # consecutive failing cycles before giving up to the robot's watchdog
 
 
 class ControlState(IntEnum):
@@ -118,7 +119,16 @@ class ControlLoop:
         # Local copies of the committed trajectory, refreshed when its version changes.
         self._times = np.zeros_like(self.traj.times)
         self._points = np.zeros_like(self.traj.points)
+        self._new_times = np.zeros_like(self.traj.times)
+        self._new_points = np.zeros_like(self.traj.points)
+        self._new_count = 0
+        self._bad_trajectory = False
         self._count = 0
+        # Change detection on our clock for the policy's liveness signals.
+        self._hb_value = -1.0
+        self._hb_seen = time.monotonic()
+        self._frame_value = -1
+        self._frame_seen = time.monotonic()
         self._t_written = 0.0
         self._traj_version = -1
         self._target = np.zeros(7)
@@ -131,25 +141,39 @@ class ControlLoop:
         self._stop_t = self._t_start
         self._still_cycles = 0
         self._commanding = False  # nothing is sent to the robot before the filter is anchored
+        self._sent = 0.0
 
     # ------------------------------------------------------------------ inputs
 
     def _copy_trajectory(self) -> None:
+        # Into scratch: a copy the sequence lock later finds torn must never be used.
         n = int(self.traj.count[0])
-        self._times[:n] = self.traj.times[:n]
-        self._points[:n] = self.traj.points[:n]
-        self._count = n
-        self._t_written = float(self.traj.t_written[0])
+        self._new_count = n
+        if 1 <= n <= len(self._new_times):
+            self._new_times[:n] = self.traj.times[:n]
+            self._new_points[:n] = self.traj.points[:n]
 
-    def _refresh_trajectory(self) -> None:
+    def _refresh_trajectory(self, now: float) -> None:
+        """Take a new, consistent, well-formed snapshot; its age is judged on our own clock."""
         version = self.traj_lock.version
-        # A newer write during the copy only means the next cycle copies again.
+        if version == self._traj_version or version % 2:
+            return
+        if not self.traj_lock.read(self._copy_trajectory, max_tries=3):
+            return  # torn three times: keep the previous snapshot, the next cycle tries again
+        self._traj_version = version
+        n = self._new_count
+        times = self._new_times[:n]
         if (
-            version != self._traj_version
-            and version % 2 == 0
-            and self.traj_lock.read(self._copy_trajectory, max_tries=3)
+            not (1 <= n <= len(self._times))
+            or not np.isfinite(times).all()
+            or (n > 1 and (np.diff(times) <= 0).any())
         ):
-            self._traj_version = version
+            self._bad_trajectory = True
+            return
+        self._times, self._new_times = self._new_times, self._times
+        self._points, self._new_points = self._new_points, self._points
+        self._count = n
+        self._t_written = now  # arrival on this clock, whatever the policy wrote
 
     def _read_devices(self, now: float) -> Trip:
         try:
@@ -181,16 +205,29 @@ class ControlLoop:
             return Trip.MCU_HEARTBEAT, mcu_deadline
         if self.cmd.policy_exited[0]:
             return Trip.POLICY_DEAD, nan
+        ready = bool(self.policy.ready[0])
         if self.control_state == ControlState.WAITING:
             startup_deadline = self._t_start + self.wd.startup_timeout_s
-            if not self.policy.ready[0] and now > startup_deadline:
+            if not ready and now > startup_deadline:
                 return Trip.STARTUP_TIMEOUT, startup_deadline
-        if self.control_state != ControlState.RUNNING:
+        if self._bad_trajectory:
+            return Trip.BAD_TRAJECTORY, nan
+        # Liveness is a value that keeps changing, timed on this clock: a policy clock that
+        # runs ahead (or a stuck timestamp in the future) cannot make stale data look fresh.
+        hb = float(self.policy.heartbeat_t[0])
+        if hb != self._hb_value:
+            self._hb_value, self._hb_seen = hb, now
+        frame = int(self.policy.frame_number[0])
+        if frame != self._frame_value:
+            self._frame_value, self._frame_seen = frame, now
+        if not ready:
             return Trip.NONE, nan
-        hb_deadline = float(self.policy.heartbeat_t[0]) + self.wd.policy_heartbeat_timeout_s
+        hb_deadline = self._hb_seen + self.wd.policy_heartbeat_timeout_s
         if now > hb_deadline:
             return Trip.POLICY_DEAD, hb_deadline
-        cam_deadline = float(self.policy.frame_t[0]) + self.wd.camera_max_age_s
+        if self.control_state != ControlState.RUNNING:
+            return Trip.NONE, nan
+        cam_deadline = self._frame_seen + self.wd.camera_max_age_s
         if now > cam_deadline:
             return Trip.CAMERA_STALE, cam_deadline
         sp_deadline = self._t_written + self.wd.setpoint_stop_s
@@ -216,8 +253,12 @@ class ControlLoop:
             Trip.ESTOP,
             Trip.ROBOT_DISCONNECTED,
         )
-        if robot_side and self._connected:
-            self.robot.stop()  # the robot halts on its own as well
+        if robot_side:
+            # The robot has halted by itself; streaming our own stop to it would leave a command
+            # that runs ahead of the arm and moves it the moment the stop clears.
+            self._commanding = False
+            if self._connected:
+                self.robot.stop()
 
     def _refuse(self, cause: Trip, now: float) -> None:
         """A start or reset the filter cannot anchor: latch without commanding anything."""
@@ -228,6 +269,10 @@ class ControlLoop:
     def _at_rest(self, now: float) -> None:
         k = (int(self.ctrl.trip_count[0]) - 1) % len(self.ctrl.trips)
         self.ctrl.trips[k, 4] = now
+        # Latched: nothing more is sent until a reset re-anchors on the measured pose.
+        if self._commanding and self._connected:
+            self.robot.stop()
+        self._commanding = False
         if self.trip is Trip.OPERATOR_STOP or self.cmd.shutdown[0]:
             self.control_state = ControlState.FINISHED
         else:
@@ -252,6 +297,10 @@ class ControlLoop:
         resets = int(self.cmd.reset[0])
         if resets != self._reset_seen:
             self._reset_seen = resets
+            still = float(np.abs(self.state.qd).max()) < _SETTLED_RAD_S
+            if self.control_state == ControlState.TRIPPED and not (self._connected and still):
+                log.warning("reset refused: the robot is not connected or not at rest")
+                return
             if self.control_state == ControlState.TRIPPED:
                 trip = self.filter.reset(self.state.q, self.state.gripper)
                 if trip:
@@ -259,6 +308,9 @@ class ControlLoop:
                     return
                 self._commanding = True
                 self.trip = Trip.NONE
+                self._bad_trajectory = False
+                self._traj_version = self.traj_lock.version  # only a trajectory sent after this
+                self._count = 0
                 self.control_state = ControlState.WAITING
                 log.warning("reset: waiting for a fresh trajectory")
 
@@ -266,8 +318,8 @@ class ControlLoop:
 
     def cycle(self, now: float) -> None:
         self._target.fill(np.nan)  # recorded as "no policy target" unless sampled below
+        device_trip = self._read_devices(now)  # first: a reset must anchor on this reading
         self._handle_commands(now)
-        device_trip = self._read_devices(now)
         if self.control_state == ControlState.STARTING:
             trip = device_trip or self.filter.reset(self.state.q, self.state.gripper)
             if trip:
@@ -275,7 +327,7 @@ class ControlLoop:
             else:
                 self._commanding = True
                 self.control_state = ControlState.WAITING
-        self._refresh_trajectory()
+        self._refresh_trajectory(now)
         active = self.control_state in (ControlState.WAITING, ControlState.RUNNING)
         if active:
             trip, deadline = (device_trip, float("nan")) if device_trip else self._watchdogs(now)
@@ -296,8 +348,8 @@ class ControlLoop:
                 trip = self.filter.step(self._target_q, float(self._target[6]))
                 if trip is not Trip.NONE:
                     self._begin_stop(trip, now, float("nan"))
-        if self.control_state == ControlState.STOPPING and self._commanding:
-            command_at_rest = self.filter.stop_step()
+        if self.control_state == ControlState.STOPPING:
+            command_at_rest = self.filter.stop_step() if self._commanding else True
             # At rest means the arm, not just the command: the servo lags a few milliseconds.
             # A lost robot reports nothing; its own watchdog stops it.
             still = float(np.abs(self.state.qd).max()) < _SETTLED_RAD_S
@@ -305,9 +357,11 @@ class ControlLoop:
             settled = not self._connected or self._still_cycles * self.period >= _SETTLED_FOR_S
             if command_at_rest and (settled or now - self._stop_t > _SETTLE_TIMEOUT_S):
                 self._at_rest(now)
+        self._sent = 0.0
         if self._connected and self._commanding:
             try:
                 self.robot.servo(self.filter.q, self.filter.gripper)
+                self._sent = 1.0
             except RobotDisconnected:
                 self._connected = False
         self._publish(now)
@@ -331,6 +385,7 @@ class ControlLoop:
         row[8:14] = self.state.q
         row[14] = self.control_state
         row[15:22] = self._target
+        row[22] = self._sent
         c.counters[0] = self.filter.clamped_position
         c.counters[1] = self.filter.scaled_velocity
         c.counters[2] = self.filter.defence_clamps
@@ -354,8 +409,9 @@ class ControlLoop:
         scratch.hold_step()
         while not scratch.stop_step():
             pass
-        self._refresh_trajectory()
+        self._refresh_trajectory(time.monotonic())
         self._watchdogs(time.monotonic())
+        self._bad_trajectory = False
 
     def run(self) -> None:
         """Cycle at the robot's period until a requested stop has completed."""
@@ -364,6 +420,7 @@ class ControlLoop:
         c.t_start[0] = self._t_start
         deadline = time.monotonic()
         cycle = 0
+        faults = 0
         while self.control_state != ControlState.FINISHED:
             now = time.monotonic()
             lateness = now - deadline
@@ -372,7 +429,20 @@ class ControlLoop:
                 missed = int(lateness // period)
                 c.missed[0] += missed
                 deadline += missed * period
-            self.cycle(now)
+            try:
+                self.cycle(now)
+                faults = 0
+            except Exception:
+                faults += 1
+                log.exception("control cycle failed")
+                if faults > _MAX_CYCLE_FAULTS:
+                    raise  # the robot-side watchdog stops the arm
+                if self.control_state in (
+                    ControlState.STARTING,
+                    ControlState.WAITING,
+                    ControlState.RUNNING,
+                ):
+                    self._begin_stop(Trip.CONTROL_FAULT, now, float("nan"))
             c.work_us[cycle % self.ring] = (time.monotonic() - now) * 1e6
             cycle += 1
             c.cycle[0] = cycle
@@ -393,7 +463,10 @@ def control_main(config: RuntimeConfig, layout: Layout) -> None:
     """Entry point of the control process (spawned by the supervisor)."""
     from edgevla.sim.hardware import make_sim_hardware
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which stops us
+    # Ctrl-C and a group-wide SIGTERM (systemd's default KillMode) reach the supervisor, which
+    # asks for a controlled stop; dying here mid-motion would skip it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s control %(levelname)s %(message)s")
     blocks = layout.attach(["trajectory", "robot", "policy", "control", "command", "world"])
     hardware = make_sim_hardware(config)

@@ -93,6 +93,7 @@ class PolicyRuntime:
         self.stop = threading.Event()
         self.s1_latency = LatencyWindow(initial_s=1.0 / self.pc.system1_rate_hz)
         self.s2_latency = LatencyWindow(initial_s=0.2)
+        self.max_plan_age_s = max(1.0, 3.0 / self.pc.system2_rate_hz)
         self._robot_q = np.zeros(7)
         self._control_state = 0
         self._anchored = False
@@ -225,6 +226,11 @@ class PolicyRuntime:
                 continue
             obs, frames = got
             start = time.monotonic()
+            if start - anchored.t_obs > self.max_plan_age_s:
+                # System 2 has stopped delivering: refining an old plan forever would keep the
+                # setpoints "fresh". Publish nothing; the control process's deadline trips.
+                self.stop.wait(period)
+                continue
             lead = self.s1_latency.p90()
             step = max(0, math.floor((start + lead - anchored.t_obs) / self.step_s))
             refined = self.policy.react(anchored.plan, step, obs, self.rng)

@@ -52,6 +52,8 @@ class Trip(IntEnum):
     ROBOT_PROGRAM_STOPPED = 15  # the robot-side control program is not running
     ROBOT_OUTSIDE_LIMITS = 16  # the measured pose is non-finite or outside the joint limits
     FILTER_FAULT = 17  # the filter computed a non-finite command (never with validated limits)
+    BAD_TRAJECTORY = 18  # the committed trajectory is malformed (count, times)
+    CONTROL_FAULT = 19  # an exception inside the control cycle
 
     @property
     def label(self) -> str:

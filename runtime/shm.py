@@ -72,11 +72,11 @@ class SeqLock:
 
     @contextlib.contextmanager
     def write(self) -> Iterator[None]:
+        # An exception mid-write leaves seq odd: readers never accept the half-written block,
+        # and the consumer's deadline trips instead.
         self._seq[0] += 1
-        try:
-            yield
-        finally:
-            self._seq[0] += 1
+        yield
+        self._seq[0] += 1
 
     def begin(self) -> int:
         return int(self._seq[0])
@@ -111,6 +111,7 @@ RECORD_COLUMNS = (
     "state",
     *(f"target{i}" for i in range(6)),
     "gripper_target",
+    "sent",  # 1: the command went to the robot; 0: computed only (not anchored, or latched)
 )
 RECORD_WIDTH = len(RECORD_COLUMNS)
 

@@ -22,7 +22,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from edgevla.runtime.audit import audit_commands
+from edgevla.runtime.audit import AuditResult, audit_commands
 from edgevla.runtime.config import RuntimeConfig
 from edgevla.runtime.control import ControlState
 from edgevla.runtime.faults import Fault
@@ -277,14 +277,25 @@ class Supervisor:
         self._s1, self._s2 = s1, s2
         return report
 
-    def _audit(self, rec: np.ndarray):
-        """Audit every setpoint commanded after start-up (a run has no resets)."""
-        state = rec[:, _COL["state"]] if len(rec) else np.zeros(0)
-        live = state != ControlState.STARTING
-        rec = rec[live]
-        q = rec[:, [_COL[f"q_cmd{i}"] for i in range(6)]]
-        g = rec[:, _COL["gripper_cmd"]]
-        return audit_commands(q, g, 1.0 / self.rate_hz, self.config.limits, self.config.robot_model)
+    def _audit(self, rec: np.ndarray) -> AuditResult:
+        """Audit every setpoint that went to the robot, run by run of consecutive sends."""
+        sent = rec[:, _COL["sent"]] > 0 if len(rec) else np.zeros(0, dtype=bool)
+        breaks = np.flatnonzero(np.diff(sent.astype(np.int8)) != 0) + 1
+        total = AuditResult(samples=0)
+        for run in np.split(np.arange(len(rec)), breaks):
+            if len(run) == 0 or not sent[run[0]]:
+                continue
+            q = rec[run][:, [_COL[f"q_cmd{i}"] for i in range(6)]]
+            g = rec[run, _COL["gripper_cmd"]]
+            part = audit_commands(
+                q, g, 1.0 / self.rate_hz, self.config.limits, self.config.robot_model
+            )
+            total.samples += part.samples
+            for kind, count in part.violations.items():
+                total.violations[kind] = total.violations.get(kind, 0) + count
+            for kind, worst in part.worst.items():
+                total.worst[kind] = max(total.worst.get(kind, 0.0), worst)
+        return total
 
     def plot(self, report: dict[str, Any], path: Path) -> None:
         from edgevla.runtime.report_plot import plot_run

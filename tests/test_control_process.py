@@ -61,6 +61,7 @@ def test_a_running_cycle_allocates_nothing_that_lasts() -> None:
                 traj.seq[0] += 2
                 policy.heartbeat_t[0] = t
                 policy.frame_t[0] = t
+                policy.frame_number[0] += 1
                 loop.cycle(t)
 
         loop.warm_up()
@@ -76,6 +77,75 @@ def test_a_running_cycle_allocates_nothing_that_lasts() -> None:
         assert grown < 16_384, f"{grown} bytes retained over 2000 cycles"
         # ... and the arm did move toward the target.
         assert np.abs(loop.filter.q - q0).max() > 0.01
+    finally:
+        hw.close()
+        for block in blocks.values():
+            block.close()
+
+
+def _drive(loop, blocks, seconds: float, fresh: bool = True) -> None:
+    """Cycle in real time (the simulated arm runs on the wall clock) with a live policy."""
+    traj, policy = blocks["trajectory"], blocks["policy"]
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        t = time.monotonic()
+        if fresh:
+            traj.seq[0] += 2
+            policy.heartbeat_t[0] = t
+            policy.frame_number[0] += 1
+        loop.cycle(t)
+        time.sleep(0.002)
+
+
+def _moving_target(config, blocks) -> np.ndarray:
+    traj, policy = blocks["trajectory"], blocks["policy"]
+    q0 = np.asarray(config.robot.initial_q_rad)
+    now = time.monotonic()
+    traj.times[:2] = (now, now + 1.0)
+    traj.points[0, :6] = q0
+    traj.points[1, :6] = q0 + np.array([0.8, 0, 0, 0, 0, 0])
+    traj.points[:2, 6] = 1.0
+    traj.count[0] = 2
+    policy.ready[0] = 1
+    return q0
+
+
+def test_releasing_the_estop_after_a_trip_does_not_move_the_arm() -> None:
+    """A latched trip sends nothing: clearing the robot-side stop must not let the arm chase a
+    command that kept running (a review found it moved 0.1 rad without any reset)."""
+    from edgevla.runtime.faults import Fault
+
+    config, blocks, hw, loop = _loop()
+    try:
+        _moving_target(config, blocks)
+        loop.warm_up()
+        _drive(loop, blocks, 0.4)
+        assert loop.control_state == ControlState.RUNNING, loop.trip
+        hw.inject(Fault.ESTOP)
+        _drive(loop, blocks, 1.0)
+        assert loop.control_state == ControlState.TRIPPED and loop.trip.label == "estop"
+        held = hw.robot.world.q.copy()
+        hw.mcu.mcu.release_estop()
+        _drive(loop, blocks, 1.0)
+        assert loop.control_state == ControlState.TRIPPED  # still latched
+        assert np.abs(hw.robot.world.q - held).max() < 1e-3
+    finally:
+        hw.close()
+        for block in blocks.values():
+            block.close()
+
+
+def test_a_malformed_trajectory_trips_instead_of_being_sampled() -> None:
+    config, blocks, hw, loop = _loop()
+    try:
+        _moving_target(config, blocks)
+        loop.warm_up()
+        _drive(loop, blocks, 0.2)
+        assert loop.control_state == ControlState.RUNNING, loop.trip
+        blocks["trajectory"].count[0] = 0  # a policy bug: nothing to sample
+        _drive(loop, blocks, 0.5)
+        assert loop.trip.label == "bad-trajectory"
+        assert loop.control_state == ControlState.TRIPPED
     finally:
         hw.close()
         for block in blocks.values():
