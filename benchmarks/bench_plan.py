@@ -19,7 +19,6 @@ import argparse
 import datetime as dt
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import RESULTS, cpu_model, machine, save
+from common import RESULTS, cpu_model, export_in_child, machine, save
 from rich.console import Console
 from rich.table import Table
 
@@ -80,31 +79,17 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="edgevla-bench-") as tmp:
         export_s = {}
         for count in (n, 1):
-            # A child process, as a user runs it: this one must start without onnxruntime's
-            # shared thread pool so that it can also time per-session pools.
             start = time.perf_counter()
             with console.status(f"exporting '{cfg.name}' with N={count} (graphs + parity gate)"):
-                subprocess.run(
-                    [
-                        sys.executable,
-                        "-m",
-                        "edgevla.cli",
-                        "export",
-                        "--config",
-                        cfg.name,
-                        "--seed",
-                        str(args.seed),
-                        "--out",
-                        str(Path(tmp) / f"n{count}"),
-                        "--candidates",
-                        str(count),
-                        "--denoise-steps",
-                        str(k),
-                        "--parity-observations",
-                        "1",
-                    ],
-                    check=True,
-                    stdout=subprocess.DEVNULL,
+                export_in_child(
+                    cfg.name,
+                    Path(tmp) / f"n{count}",
+                    "--seed",
+                    str(args.seed),
+                    "--candidates",
+                    str(count),
+                    "--denoise-steps",
+                    str(k),
                 )
             export_s[count] = time.perf_counter() - start
         backend_config = BackendConfig(

@@ -17,12 +17,11 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from common import RESULTS, cpu_model, machine, save
+from common import RESULTS, cpu_model, export_in_child, machine, save
 from rich.console import Console
 from rich.table import Table
 
@@ -58,22 +57,7 @@ def main() -> int:
         if bundle is None:
             bundle = Path(tmp) / "small"
             with console.status("exporting 'small' (N=5)"):
-                subprocess.run(
-                    [
-                        sys.executable,
-                        "-m",
-                        "edgevla.cli",
-                        "export",
-                        "--config",
-                        "small",
-                        "--out",
-                        str(bundle),
-                        "--parity-observations",
-                        "1",
-                    ],
-                    check=True,
-                    stdout=subprocess.DEVNULL,
-                )
+                export_in_child("small", bundle)
         runs = {}
         variants = (
             ("realtime", {}),

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
+import sys
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -22,6 +24,31 @@ def cpu_model() -> str:
 
 def machine() -> dict[str, object]:
     return {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform()}
+
+
+def export_in_child(config: str, out: Path, *flags: str) -> None:
+    """`edgevla export --config CONFIG --out OUT FLAGS` in a child process, as a user runs it.
+
+    The benchmark process then starts without onnxruntime's shared thread pool (it may time
+    per-session pools) and without the exporter's memory.
+    """
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgevla.cli",
+            "export",
+            "--config",
+            config,
+            "--out",
+            str(out),
+            "--parity-observations",
+            "1",
+            *flags,
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
 
 
 def save(record: dict, out: Path, name: str) -> Path:
