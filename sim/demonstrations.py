@@ -1,0 +1,139 @@
+"""Seeded, reproducible demonstrations of the touch task by the scripted expert.
+
+Each episode is run closed loop through `sim.episode` (the runtime's stitching and safety filter,
+simulated time) with the expert re-planning at every action step. The executed chunk carries a
+slowly wandering joint offset during the approach (DART: Laskey et al. 2017) while the *recorded*
+label is the expert's clean chunk from the state the arm actually reached: the policy sees states
+off the expert's path and learns how the expert returns from them. The offset is drawn from the
+episode seed, so a dataset is a pure function of its seeds and settings.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from edgevla.sim.demos import DemoSet
+from edgevla.sim.episode import EpisodeSettings, PlanEvent, run_episode
+from edgevla.sim.expert import ExpertAgent, ExpertConfig
+from edgevla.sim.tasks import TOUCH_INSTRUCTION, touch_episode
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    chunk_len: int = 8
+    step_period_s: float = 0.05
+    image_size: int = 32
+    noise_rad: float = 0.03  # stationary std of the executed joint offset
+    noise_correlation: float = 0.9  # per plan: the offset wanders, it does not jitter
+    # After this the offset decays instead of wandering: the expert cannot see the offset, so a
+    # persistent one would keep the fingertips off the cube for good.
+    noise_until_s: float = 1.5
+    clean_fraction: float = 0.25  # episodes executed without offset
+    system2_latency_s: float = 0.05
+
+
+@dataclass
+class _Episode:
+    seed: int
+    success: bool
+    images: np.ndarray
+    state: np.ndarray
+    actions: np.ndarray
+    instruction: str
+
+
+def _one_episode(args: tuple[int, DemoSettings]) -> _Episode:
+    seed, d = args
+    episode = touch_episode(seed)
+    rng = np.random.default_rng([seed, 0xDA27])
+    clean = rng.random() < d.clean_fraction
+    offset = np.zeros(7, dtype=np.float32)
+    kick = d.noise_rad * np.sqrt(1.0 - d.noise_correlation**2)
+    rows: list[PlanEvent] = []
+
+    def perturb(event: PlanEvent) -> np.ndarray | None:
+        rows.append(event)
+        if clean:
+            return None
+        offset[:6] *= d.noise_correlation
+        if event.t_s < d.noise_until_s:
+            offset[:6] += rng.normal(0.0, kick, 6)
+        return event.chunk + offset
+
+    settings = EpisodeSettings(
+        image_size=d.image_size,
+        system1_enabled=False,
+        system2_rate_hz=1.0 / d.step_period_s,
+        system2_latency_s=d.system2_latency_s,
+    )
+    result = run_episode(
+        ExpertAgent(d.chunk_len, d.step_period_s),
+        episode,
+        settings,
+        d.step_period_s,
+        on_plan=perturb,
+    )
+    return _Episode(
+        seed=seed,
+        success=result.success,
+        images=np.stack([r.obs.images for r in rows]),
+        state=np.stack([r.obs.state for r in rows]).astype(np.float32),
+        actions=np.stack([r.chunk for r in rows]).astype(np.float32),
+        instruction=episode.instruction,
+    )
+
+
+def generate_demos(
+    seeds: Iterable[int],
+    settings: DemoSettings | None = None,
+    workers: int = 1,
+    on_episode: Callable[[int, int, bool], None] | None = None,
+) -> DemoSet:
+    """Demonstrations of the touch task for `seeds`; failed expert episodes are left out."""
+    d = settings or DemoSettings()
+    seeds = list(seeds)
+    jobs = [(seed, d) for seed in seeds]
+    episodes: list[_Episode] = []
+    if workers > 1:
+        # spawn: each worker opens its own OSMesa contexts; a forked GL state is not safe.
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            for done, ep in enumerate(pool.imap(_one_episode, jobs), 1):
+                episodes.append(ep)
+                if on_episode:
+                    on_episode(done, len(jobs), ep.success)
+    else:
+        for done, job in enumerate(jobs, 1):
+            episodes.append(_one_episode(job))
+            if on_episode:
+                on_episode(done, len(jobs), episodes[-1].success)
+    kept = [ep for ep in episodes if ep.success]
+    if not kept:
+        raise RuntimeError("the expert solved none of the episodes: no demonstrations")
+    instructions = sorted({ep.instruction for ep in kept})
+    index = {text: i for i, text in enumerate(instructions)}
+    return DemoSet(
+        images=np.concatenate([ep.images for ep in kept]),
+        state=np.concatenate([ep.state for ep in kept]),
+        actions=np.concatenate([ep.actions for ep in kept]),
+        instruction_index=np.concatenate(
+            [np.full(len(ep.state), index[ep.instruction], np.int16) for ep in kept]
+        ),
+        episode=np.concatenate([np.full(len(ep.state), ep.seed, np.int32) for ep in kept]),
+        step=np.concatenate([np.arange(len(ep.state), dtype=np.int32) for ep in kept]),
+        instructions=instructions,
+        step_period_s=d.step_period_s,
+        meta={
+            "task": "touch",
+            "instruction_template": TOUCH_INSTRUCTION,
+            "seeds": [min(seeds), max(seeds)],
+            "episodes_run": len(episodes),
+            "episodes_kept": len(kept),
+            "expert_success_rate": len(kept) / len(episodes),
+            "settings": asdict(d),
+            "expert": asdict(ExpertConfig()),
+        },
+    )

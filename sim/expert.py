@@ -1,0 +1,181 @@
+"""The scripted expert for the touch task: a Cartesian feedback law turned into joint chunks by IK.
+
+Each call plans from where the arm *is* (measured joints) to where the target cube is, so the
+expert recovers from disturbances: demonstrations recorded with perturbed execution (DART) teach
+the policy to come back to the path rather than only to follow it.
+
+The path: close the gripper into a pointer, move the fingertips to a hover point above the cube
+(straight line, speed-limited, slowing near the goal), then descend until they press on its top.
+The tool keeps pointing down with the start pose's yaw. Inverse kinematics is damped least squares
+on the runtime's own forward kinematics (the simulator is built from the same DH table), warm
+started from the previous chunk row, so consecutive rows stay on one IK branch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgevla.runtime.kinematics import UR5E, ForwardKinematics, RobotModel
+from edgevla.sim.scene import CUBE_SIZE_M
+
+# The closed fingertips lie this far beyond the flange along the tool axis (scene.py's fingers).
+FINGERTIP_OFFSET_M = 0.10
+
+
+@dataclass(frozen=True)
+class ExpertConfig:
+    speed_m_s: float = 0.25  # Cartesian cruise speed of the fingertips
+    approach_time_s: float = 0.25  # speed falls off linearly within speed·this of a goal
+    hover_above_m: float = 0.06  # fingertips above the cube top before descending
+    press_m: float = 0.012  # aim this far below the cube top, so the touch is a contact
+    align_tolerance_m: float = 0.008  # horizontal error below which the descent starts
+    gripper: float = 0.0  # closed: the two fingers form one pointer
+
+
+class InverseKinematics:
+    """Damped least squares on position and orientation of the flange."""
+
+    def __init__(self, model: RobotModel = UR5E, damping: float = 1e-3) -> None:
+        self.fk = ForwardKinematics(model)
+        self.lo = np.asarray(model.joint_min_rad)
+        self.hi = np.asarray(model.joint_max_rad)
+        self.damping = damping
+        self._pose = np.eye(4)
+        self._probe = np.eye(4)
+
+    def _error(self, pose: np.ndarray, position: np.ndarray, rotation: np.ndarray) -> np.ndarray:
+        e_pos = position - pose[:3, 3]
+        # Small-angle orientation error between the current and the target frame's axes.
+        e_rot = 0.5 * sum(np.cross(pose[:3, i], rotation[:3, i]) for i in range(3))
+        return np.concatenate([e_pos, e_rot])
+
+    def solve(
+        self,
+        position: np.ndarray,
+        rotation: np.ndarray,
+        seed_q: np.ndarray,
+        iterations: int = 30,
+        tolerance: float = 1e-6,
+    ) -> tuple[np.ndarray, float]:
+        """Joints placing the flange at (position, rotation), near `seed_q`; and the residual."""
+        q = np.asarray(seed_q, dtype=float).copy()
+        jac = np.zeros((6, 6))
+        eps = 1e-6
+        residual = np.inf
+        for _ in range(iterations):
+            pose = self.fk.flange_pose(q, self._pose)
+            err = self._error(pose, position, rotation)
+            residual = float(np.linalg.norm(err))
+            if residual < tolerance:
+                break
+            for j in range(6):
+                q[j] += eps
+                probe = self.fk.flange_pose(q, self._probe)
+                q[j] -= eps
+                jac[:3, j] = (probe[:3, 3] - pose[:3, 3]) / eps
+                jac[3:, j] = (self._error(probe, position, rotation) - err)[3:] / -eps
+            lam = self.damping
+            dq = jac.T @ np.linalg.solve(jac @ jac.T + lam * np.eye(6), err)
+            q += dq
+            np.clip(q, self.lo, self.hi, out=q)
+        return q, residual
+
+
+class TouchExpert:
+    """Plans the touch task's action chunks: [H, 7] absolute joint targets and gripper opening."""
+
+    def __init__(
+        self,
+        cube_position: np.ndarray,
+        chunk_len: int,
+        step_period_s: float,
+        config: ExpertConfig | None = None,
+        model: RobotModel = UR5E,
+    ) -> None:
+        self.config = config or ExpertConfig()
+        self.chunk_len = chunk_len
+        self.step_s = step_period_s
+        self.ik = InverseKinematics(model)
+        self.cube = np.asarray(cube_position, dtype=float).copy()
+        top = self.cube[2] + CUBE_SIZE_M / 2
+        self.hover_z = top + self.config.hover_above_m
+        self.press_z = top - self.config.press_m
+        self.rotation: np.ndarray | None = None  # tool down, yaw of the first pose seen
+
+    def _fingertips(self, pose: np.ndarray) -> np.ndarray:
+        return pose[:3, 3] + FINGERTIP_OFFSET_M * pose[:3, 2]
+
+    def _goal(self, tip: np.ndarray) -> np.ndarray:
+        horizontal = np.linalg.norm(tip[:2] - self.cube[:2])
+        z = self.press_z if horizontal < self.config.align_tolerance_m else self.hover_z
+        if horizontal >= self.config.align_tolerance_m and tip[2] < self.hover_z:
+            # Below hover height but not above the cube (pushed off, or starting low): rise
+            # while moving across, so the fingers never sweep through a neighbouring cube.
+            z = self.hover_z
+        return np.array([self.cube[0], self.cube[1], z])
+
+    def _advance(self, tip: np.ndarray) -> np.ndarray:
+        goal = self._goal(tip)
+        delta = goal - tip
+        distance = float(np.linalg.norm(delta))
+        if distance < 1e-9:
+            return tip
+        c = self.config
+        speed = min(c.speed_m_s, distance / c.approach_time_s)
+        return tip + delta * min(1.0, speed * self.step_s / distance)
+
+    def plan(self, q: np.ndarray) -> np.ndarray:
+        """The chunk from the measured joints `q` (row 0 is the present)."""
+        pose = self.ik.fk.flange_pose(np.asarray(q[:6], dtype=float))
+        if self.rotation is None:
+            # Tool axis straight down; keep the start pose's heading of the tool's x axis.
+            x = pose[:3, 0].copy()
+            x[2] = 0.0
+            x /= np.linalg.norm(x)
+            z = np.array([0.0, 0.0, -1.0])
+            self.rotation = np.column_stack([x, np.cross(z, x), z])
+        chunk = np.zeros((self.chunk_len, 7), dtype=np.float32)
+        tip = self._fingertips(pose)
+        seed = np.asarray(q[:6], dtype=float)
+        for k in range(self.chunk_len):
+            if k > 0:
+                tip = self._advance(tip)
+            flange = tip - FINGERTIP_OFFSET_M * self.rotation[:, 2]
+            seed, _ = self.ik.solve(flange, self.rotation, seed)
+            chunk[k, :6] = seed
+            chunk[k, 6] = self.config.gripper
+        return chunk
+
+
+@dataclass(frozen=True)
+class ExpertPlan:
+    chunk: np.ndarray  # [H, 7]
+
+
+class ExpertAgent:
+    """The `Agent` protocol of `sim.episode` for the scripted expert (privileged: it is told
+    where the target cube is; the policy has to find it in the images)."""
+
+    def __init__(
+        self, chunk_len: int, step_period_s: float, config: ExpertConfig | None = None
+    ) -> None:
+        self.chunk_len = chunk_len
+        self.step_s = step_period_s
+        self.config = config or ExpertConfig()
+        self._expert: TouchExpert | None = None
+
+    def begin(self, episode, robot) -> None:  # Episode, SimRobot (sim.episode imports us)
+        cube = robot.world.cube_positions()[episode.target]
+        self._expert = TouchExpert(
+            cube, self.chunk_len, self.step_s, self.config, robot.world.robot
+        )
+
+    def plan(self, obs, t_s: float) -> ExpertPlan:
+        if self._expert is None:
+            raise RuntimeError("begin() an episode before planning")
+        return ExpertPlan(self._expert.plan(obs.state))
+
+    def react(self, plan, step: int, obs, t_s: float) -> None:
+        return None

@@ -1,0 +1,212 @@
+"""The touch task, its scripted expert, demonstrations and the closed-loop episode runner."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgevla.runtime.kinematics import UR5E, ForwardKinematics
+from edgevla.sim.demonstrations import DemoSettings, generate_demos
+from edgevla.sim.demos import (
+    ARRAYS,
+    CARD,
+    DatasetError,
+    ValueSet,
+    load_demos,
+    load_values,
+    save_demos,
+    save_values,
+)
+from edgevla.sim.episode import EpisodeResult, EpisodeSettings, PlanEvent, run_episode
+from edgevla.sim.evaluation import difference_interval, summarize, wilson_interval
+from edgevla.sim.expert import ExpertAgent, ExpertPlan, InverseKinematics
+from edgevla.sim.tasks import (
+    HELD_OUT_SEED_BASE,
+    Episode,
+    Outcome,
+    held_out_seeds,
+    touch_episode,
+)
+from edgevla.sim.value_rollouts import label_returns
+
+STEP_S = 0.05
+EXPERT = EpisodeSettings(system1_enabled=False)
+
+
+def test_an_episode_is_a_pure_function_of_its_seed() -> None:
+    assert touch_episode(11) == touch_episode(11)
+    targets = {touch_episode(seed).target for seed in range(30)}
+    assert targets == {"red", "green", "blue"}
+    ep = touch_episode(4)
+    assert ep.instruction == f"touch the {ep.target} cube"
+    assert np.abs(np.asarray(ep.initial_q) - np.asarray(touch_episode(5).initial_q)).max() > 0
+
+
+def test_held_out_seeds_never_overlap_demonstration_seeds() -> None:
+    seeds = held_out_seeds(0, 50)
+    assert min(seeds) >= HELD_OUT_SEED_BASE
+    assert len(set(seeds)) == 50
+
+
+def test_inverse_kinematics_reaches_a_pose_forward_kinematics_confirms() -> None:
+    ik = InverseKinematics(UR5E)
+    fk = ForwardKinematics(UR5E)
+    q_true = np.array([0.3, -1.4, 1.7, -1.9, -1.5, 0.2])
+    pose = fk.flange_pose(q_true)
+    seed = q_true + 0.1
+    q, residual = ik.solve(pose[:3, 3], pose[:3, :3], seed)
+    assert residual < 1e-6
+    np.testing.assert_allclose(fk.flange_pose(q), pose, atol=1e-6)
+
+
+def test_the_expert_solves_at_least_95_percent_of_20_seeded_episodes() -> None:
+    results = [
+        run_episode(ExpertAgent(8, STEP_S), touch_episode(seed), EXPERT, STEP_S)
+        for seed in range(20)
+    ]
+    outcomes = [r.outcome for r in results]
+    assert sum(o is Outcome.SUCCESS for o in outcomes) >= 19, outcomes
+    assert all(r.trip is None for r in results)
+
+
+def test_touching_another_cube_than_the_named_one_is_a_failure() -> None:
+    episode = touch_episode(3)
+    other = next(c for c in ("red", "green", "blue") if c != episode.target)
+    # The expert is sent to `other` while the judge holds the instruction's target.
+    misled = dataclasses.replace(episode, target=other)
+
+    class Misled(ExpertAgent):
+        def begin(self, _episode, robot) -> None:
+            super().begin(misled, robot)
+
+    result = run_episode(Misled(8, STEP_S), episode, EXPERT, STEP_S)
+    assert result.outcome is Outcome.WRONG_OBJECT
+
+
+class _Constant:
+    """An agent whose every plan is one fixed chunk."""
+
+    def __init__(self, row: np.ndarray) -> None:
+        self.row = row
+
+    def begin(self, episode: Episode, robot: object) -> None:
+        pass
+
+    def plan(self, obs, t_s: float) -> ExpertPlan:
+        return ExpertPlan(np.tile(self.row, (8, 1)).astype(np.float32))
+
+    def react(self, plan, step, obs, t_s):
+        return None
+
+
+def test_a_nan_chunk_trips_the_safety_filter_and_ends_the_episode() -> None:
+    row = np.full(7, np.nan)
+    result = run_episode(_Constant(row), touch_episode(0), EXPERT, STEP_S)
+    assert result.outcome is Outcome.TRIP
+    assert result.trip == "nan-setpoint"
+
+
+def test_a_policy_that_holds_still_times_out() -> None:
+    episode = touch_episode(0)
+    row = np.append(episode.initial_q, 1.0)
+    settings = dataclasses.replace(EXPERT, timeout_s=0.5)
+    result = run_episode(_Constant(row), episode, settings, STEP_S)
+    assert result.outcome is Outcome.TIMEOUT
+    assert result.duration_s == pytest.approx(0.5)
+    assert result.plans == 3  # at 0, 0.2 and 0.4 s
+
+
+def test_demonstrations_are_reproducible_and_round_trip(tmp_path: Path) -> None:
+    settings = DemoSettings()
+    a = generate_demos([1, 2], settings)
+    b = generate_demos([1, 2], settings)
+    np.testing.assert_array_equal(a.images, b.images)
+    np.testing.assert_array_equal(a.actions, b.actions)
+    assert a.meta["expert_success_rate"] == 1.0
+    assert a.images.shape[1:] == (2, 32, 32, 3)
+    assert a.actions.shape[1:] == (settings.chunk_len, 7)
+    # Each label starts where the arm is: the chunk's first row is the present.
+    np.testing.assert_array_less(np.abs(a.actions[:, 0, :6] - a.state[:, :6]).max(), 0.35)
+    save_demos(a, tmp_path / "d")
+    c = load_demos(tmp_path / "d")
+    np.testing.assert_array_equal(c.images, a.images)
+    assert c.instructions == a.instructions
+    assert c.instruction(0) == touch_episode(1).instruction
+
+
+def test_a_broken_dataset_is_refused_with_the_reason(tmp_path: Path) -> None:
+    demos = generate_demos([1], DemoSettings())
+    good = tmp_path / "good"
+    save_demos(demos, good)
+    with pytest.raises(DatasetError, match="missing"):
+        load_demos(tmp_path / "nowhere")
+    with pytest.raises(DatasetError, match="format"):
+        load_values(good)
+    bad = tmp_path / "rows"
+    shutil.copytree(good, bad)
+    arrays = dict(np.load(bad / ARRAYS))
+    arrays["state"] = arrays["state"][:-1]
+    np.savez(bad / ARRAYS, **arrays)
+    with pytest.raises(DatasetError, match="number of rows"):
+        load_demos(bad)
+    card = json.loads((good / CARD).read_text())
+    card["instructions"] = []
+    (bad / CARD).write_text(json.dumps(card))
+    shutil.copy(good / ARRAYS, bad / ARRAYS)
+    with pytest.raises(DatasetError, match="instruction"):
+        load_demos(bad)
+
+
+def test_value_labels_discount_the_time_to_success_and_zero_failures(tmp_path: Path) -> None:
+    ep = touch_episode(0)
+    obs = None
+    events = [PlanEvent(t, obs, np.zeros((8, 7))) for t in (0.0, 0.4, 0.8)]  # type: ignore[arg-type]
+    won = EpisodeResult(ep, Outcome.SUCCESS, 0.8, events=events)
+    np.testing.assert_allclose(label_returns(won, 0.4, 0.9), [0.81, 0.9, 1.0], rtol=1e-6)
+    lost = EpisodeResult(ep, Outcome.WRONG_OBJECT, 0.8, events=events)
+    np.testing.assert_array_equal(label_returns(lost, 0.4, 0.9), [0.0, 0.0, 0.0])
+    values = ValueSet(
+        images=np.zeros((3, 2, 32, 32, 3), np.uint8),
+        state=np.zeros((3, 7), np.float32),
+        actions=np.zeros((3, 8, 7), np.float32),
+        returns=label_returns(won, 0.4, 0.9),
+        instruction_index=np.zeros(3, np.int16),
+        episode=np.zeros(3, np.int32),
+        instructions=[ep.instruction],
+    )
+    save_values(values, tmp_path / "v")
+    np.testing.assert_array_equal(load_values(tmp_path / "v").returns, values.returns)
+
+
+def test_wilson_interval_matches_reference_values() -> None:
+    lo, hi = wilson_interval(40, 50)
+    assert lo == pytest.approx(0.6696, abs=1e-4) and hi == pytest.approx(0.8876, abs=1e-4)
+    assert wilson_interval(0, 20)[0] == 0.0 and wilson_interval(0, 20)[1] > 0.1
+    assert wilson_interval(20, 20)[1] == 1.0 and wilson_interval(20, 20)[0] < 0.9
+
+
+def test_summary_counts_every_outcome() -> None:
+    ep = touch_episode(0)
+    results = [
+        EpisodeResult(ep, Outcome.SUCCESS, 2.0),
+        EpisodeResult(ep, Outcome.SUCCESS, 3.0),
+        EpisodeResult(ep, Outcome.TIMEOUT, 8.0),
+        EpisodeResult(ep, Outcome.TRIP, 1.0, trip="nan-setpoint"),
+    ]
+    summary = summarize(results)
+    assert summary["success_rate"] == 0.5
+    assert summary["outcomes"] == {"success": 2, "timeout": 1, "trip": 1}
+    assert summary["trips"] == {"nan-setpoint": 1}
+    assert summary["time_to_success_s"]["median"] == 2.5
+
+
+def test_difference_interval_matches_newcombes_worked_example() -> None:
+    # Newcombe (1998), Table II, example (a): 56/70 vs 48/80 → 0.2, CI (0.0524, 0.3339).
+    d, lo, hi = difference_interval(56, 70, 48, 80)
+    assert d == pytest.approx(0.2)
+    assert lo == pytest.approx(0.0524, abs=2e-4) and hi == pytest.approx(0.3339, abs=2e-4)
