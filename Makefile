@@ -9,7 +9,12 @@ TORCH_PIN := torch==2.13.0
 STAMP  := $(VENV)/.installed
 OUT    := out
 
-.PHONY: demo test bench lint clean setup
+# The trained reference policy (tiny config, touch task): committed, rebuilt by `make policy`.
+CHECKPOINT  := checkpoints/touch-tiny
+DEMO_BUNDLE := $(OUT)/demo-bundle
+EDGEVLA     := $(VENV)/bin/edgevla
+
+.PHONY: demo test bench lint clean setup policy
 
 setup: $(STAMP)
 
@@ -28,12 +33,25 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q -e '.[export,sim,dev]'
 	@touch $(STAMP)
 
-# The main job: the runtime on the embedded default (simulated UR5e, cameras and MCU) for 30 s.
-demo: $(STAMP)
-	@$(VENV)/bin/edgevla bundle verify $(OUT)/demo-bundle >/dev/null 2>&1 || \
-		$(VENV)/bin/edgevla export --config tiny --seed 0 --out $(OUT)/demo-bundle --overwrite
-	$(VENV)/bin/edgevla run --duration 30 --report $(OUT)/demo-report.json --plot $(OUT)/demo-run.png
-	@cat $(OUT)/demo-report.json
+# The bundle follows the checkpoint: a newer checkpoint (or a tampered bundle) is re-exported.
+$(DEMO_BUNDLE)/manifest.json: $(CHECKPOINT)/model.safetensors $(CHECKPOINT)/config.json | $(STAMP)
+	$(EDGEVLA) export --checkpoint $(CHECKPOINT) --out $(DEMO_BUNDLE) --overwrite
+
+# The main job: the runtime on the embedded default (simulated UR5e, cameras and MCU, the trained
+# policy told to touch the red cube) for 20 s, then the same bundle on 10 held-out episodes.
+demo: $(STAMP) $(DEMO_BUNDLE)/manifest.json
+	@$(EDGEVLA) bundle verify $(DEMO_BUNDLE) >/dev/null 2>&1 || \
+		$(EDGEVLA) export --checkpoint $(CHECKPOINT) --out $(DEMO_BUNDLE) --overwrite
+	$(EDGEVLA) run --duration 20 --report $(OUT)/demo-report.json --plot $(OUT)/demo-run.png
+	$(EDGEVLA) eval --bundle $(DEMO_BUNDLE) --episodes 10 --json $(OUT)/demo-eval.json \
+		--sheet $(OUT)/demo-episodes.png
+
+# Rebuild the committed checkpoint from scratch: demonstrations, behaviour cloning, value head.
+policy: $(STAMP)
+	$(EDGEVLA) demos generate --episodes 500 --seed 0 --out $(OUT)/demos-touch
+	$(EDGEVLA) train policy --demos $(OUT)/demos-touch --config tiny --out $(OUT)/touch-tiny-bc
+	$(EDGEVLA) train value --checkpoint $(OUT)/touch-tiny-bc --out $(CHECKPOINT) \
+		--rollouts $(OUT)/value-rollouts --recollect
 
 test: $(STAMP)
 	$(PY) -m pytest -q
@@ -41,6 +59,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_plan.py
 	$(PY) benchmarks/bench_runtime.py
+	$(PY) benchmarks/bench_success.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -26,8 +26,9 @@ def machine() -> dict[str, object]:
     return {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform()}
 
 
-def export_in_child(config: str, out: Path, *flags: str) -> None:
-    """`edgevla export --config CONFIG --out OUT FLAGS` in a child process, as a user runs it.
+def export_in_child(config: str, out: Path, *flags: str, checkpoint: Path | None = None) -> None:
+    """`edgevla export --config CONFIG --out OUT FLAGS` in a child process, as a user runs it
+    (`--checkpoint CHECKPOINT` instead of `--config` when a checkpoint is given).
 
     The benchmark process then starts without onnxruntime's shared thread pool (it may time
     per-session pools) and without the exporter's memory.
@@ -38,8 +39,7 @@ def export_in_child(config: str, out: Path, *flags: str) -> None:
             "-m",
             "edgevla.cli",
             "export",
-            "--config",
-            config,
+            *(["--checkpoint", str(checkpoint)] if checkpoint else ["--config", config]),
             "--out",
             str(out),
             "--parity-observations",

@@ -273,6 +273,10 @@ def _print_report(report: dict) -> None:
         f"(audited {safety['audited_cycles']} commands); final joint speed "
         f"{report['final']['max_joint_speed_rad_s']:.2e} rad/s ({report['final']['state']})"
     )
+    task = report.get("task")
+    if task:
+        when = "" if task["t_s"] is None else f" at {task['t_s']:.2f} s"
+        out.print(f"task: {task['instruction']!r} → {task['outcome']}{when}")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -368,6 +372,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--print-config", action="store_true", help="print the effective config")
     p.add_argument("--quiet", action="store_true", help="no live view")
+
+    from edgevla.cli_learning import register
+
+    register(sub, add, group)
 
     p = add("demo", cmd_demo, "export the tiny model, then plan and react from the bundle")
     p.add_argument("--out", default="out/demo-bundle", metavar="DIR")

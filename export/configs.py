@@ -11,7 +11,7 @@ _UR5E = {"state_dim": 7, "action_dim": 7}
 # fmt: off
 CONFIGS: dict[str, ModelConfig] = {
     "tiny": ModelConfig(
-        name="tiny", num_cameras=2, image_size=32, patch_size=8, chunk_len=8,
+        name="tiny", num_cameras=2, image_size=32, patch_size=4, chunk_len=8,
         max_instruction_tokens=12, vocab_size=128,
         vit_width=32, vit_depth=1, vit_heads=2, vit_mlp_dim=64,
         d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16, ffn_dim=128,

@@ -73,6 +73,10 @@ class LiveView:
         )
         trips = [Trip(int(ctrl.trips[k, 0])).label for k in range(int(ctrl.trip_count[0]))]
         table.add_row("trips", ", ".join(trips) or "none")
+        task = getattr(self.sup, "task", None)
+        if task is not None:
+            when = "" if task.t_s is None else f" at {task.t_s:.2f} s"
+            table.add_row("task", f"{task.instruction!r}: {task.outcome.value}{when}")
         return table
 
     def update(self) -> None:

@@ -28,7 +28,7 @@ from edgevla.runtime.control import ControlState
 from edgevla.runtime.faults import Fault
 from edgevla.runtime.policy_process import COLD_START_PLANS
 from edgevla.runtime.safety_filter import Trip
-from edgevla.runtime.shm import RECORD_COLUMNS, Layout
+from edgevla.runtime.shm import RECORD_COLUMNS, Layout, SeqLock
 
 log = logging.getLogger("edgevla.supervisor")
 
@@ -74,6 +74,28 @@ class Supervisor:
         self._stop_requested = False
         self._policy_exit: int | None = None
         self.injected: list[dict[str, Any]] = []
+        self.task = self._task_monitor()
+
+    def _task_monitor(self):  # -> sim.tasks.TaskMonitor | None
+        """On the simulated robot, judge the task the instruction names (touch the X cube)."""
+        if self.config.robot.kind != "sim":
+            return None
+        from edgevla.sim.tasks import TaskMonitor, touch_target
+        from edgevla.sim.world import SimWorld
+
+        target = touch_target(self.config.policy.instruction)
+        if target is None:
+            return None
+        world = SimWorld(self.config.robot.scene_seed, robot=self.config.robot_model)
+        return TaskMonitor(world, target, self.config.policy.instruction)
+
+    def _read_world(self, out: np.ndarray) -> None:
+        world = self.blocks["world"]
+
+        def copy() -> None:
+            out[:] = world.qpos
+
+        SeqLock(world).read(copy)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -145,6 +167,8 @@ class Supervisor:
                 if not self.control.is_alive():
                     log.error("control process ended (exit code %s)", self.control.exitcode)
                     break
+                if self.task is not None and int(self.ctrl.cycle[0]) > 0:
+                    self.task.poll(self._read_world, now)
                 view.update()
                 time.sleep(0.05)
 
@@ -272,6 +296,7 @@ class Supervisor:
                 "robot_stopped": final_speed < 1e-3,
             },
             "policy_process": {"pid": self.policy.pid, "exit_code": self._policy_exit},
+            "task": None if self.task is None else self.task.report(),
         }
         self._rec = rec
         self._s1, self._s2 = s1, s2

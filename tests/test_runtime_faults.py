@@ -58,6 +58,9 @@ def test_a_clean_run_reports_everything(clean_report: dict) -> None:
     assert r["system1"]["count"] > 10 and r["system2"]["count"] > 3
     assert r["system1"]["rate_hz"] > 0 and r["system2"]["rate_hz"] > 0
     assert r["safety"]["limit_violations"] == 0
+    # On the simulated cell the supervisor judges the task the instruction names.
+    assert r["task"]["instruction"] == "touch the red cube" and r["task"]["target"] == "red"
+    assert r["task"]["outcome"] in {"running", "success", "wrong_object"}
     assert r["final"]["robot_stopped"] and r["final"]["state"] == "finished"
     # The policy really drove the arm: commands left the start pose.
     assert r["safety"]["audited_cycles"] > 1000

@@ -29,9 +29,12 @@ from edgevla.sim.tasks import (
     HELD_OUT_SEED_BASE,
     Episode,
     Outcome,
+    TaskMonitor,
     held_out_seeds,
     touch_episode,
+    touch_target,
 )
+from edgevla.sim.world import SimWorld
 from edgevla.sim.value_rollouts import label_returns
 
 STEP_S = 0.05
@@ -210,3 +213,35 @@ def test_difference_interval_matches_newcombes_worked_example() -> None:
     d, lo, hi = difference_interval(56, 70, 48, 80)
     assert d == pytest.approx(0.2)
     assert lo == pytest.approx(0.0524, abs=2e-4) and hi == pytest.approx(0.3339, abs=2e-4)
+
+
+def test_touch_instructions_name_their_target() -> None:
+    assert touch_target("touch the red cube") == "red"
+    assert touch_target("Touch the BLUE cube") == "blue"
+    assert touch_target("push the red cube") is None
+    assert touch_target("touch the red or blue cube") is None
+
+
+def _cube_at_fingertips(world: SimWorld, colour: str) -> np.ndarray:
+    """The world's qpos with the `colour` cube pushed up against the palm (5 cm under the flange)."""
+    qpos = world.data.qpos.copy()
+    adr = world.cube_qpos[colour]
+    qpos[adr : adr + 3] = world.flange_position() + np.array([0.0, 0.0, -0.065])
+    return qpos
+
+
+@pytest.mark.parametrize(
+    ("moved", "expected"), [("red", Outcome.SUCCESS), ("blue", Outcome.WRONG_OBJECT)]
+)
+def test_the_run_task_monitor_judges_the_published_world_state(
+    moved: str, expected: Outcome
+) -> None:
+    source = SimWorld(seed=0)
+    qpos = _cube_at_fingertips(source, moved)
+    monitor = TaskMonitor(SimWorld(seed=0), "red", "touch the red cube")
+    untouched = source.data.qpos.copy()
+    assert monitor.poll(lambda out: out.__setitem__(slice(None), untouched), 0.5) is Outcome.RUNNING
+    assert monitor.poll(lambda out: out.__setitem__(slice(None), qpos), 1.25) is expected
+    # The first outcome latches: a later state does not change it.
+    assert monitor.poll(lambda out: out.__setitem__(slice(None), untouched), 2.0) is expected
+    assert monitor.report()["t_s"] == 1.25

@@ -1,0 +1,405 @@
+"""`edgevla demos`, `edgevla train` and `edgevla eval`: data, training and closed-loop success.
+
+Kept apart from `edgevla.cli` so each command module stays about one thing; `cli.build_parser`
+registers these. Training imports torch lazily; `demos` and `eval` never do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from edgevla.runtime.errors import ConfigError
+
+
+class _Progress(Progress):
+    """A rich progress bar on a terminal; a plain line every 30 s into a log or a pipe, where a
+    bar is only drawn when it finishes."""
+
+    def __init__(self, console) -> None:
+        super().__init__(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
+        self._plain = not console.is_terminal
+        self._last_line = time.monotonic()
+
+    def update(self, task_id, **kwargs) -> None:  # type: ignore[override]
+        super().update(task_id, **kwargs)
+        if self._plain and time.monotonic() - self._last_line >= 30.0:
+            self._last_line = time.monotonic()
+            task = self.tasks[task_id]
+            self.console.print(
+                f"{task.description}: {task.completed:.0f}/{task.total:.0f} "
+                f"{task.fields.get('info', '')}",
+                markup=False,
+            )
+
+
+def _progress(console) -> Progress:
+    return _Progress(console)
+
+
+# ----------------------------------------------------------------------------- demos
+
+
+def cmd_demos_generate(args: argparse.Namespace) -> int:
+    from edgevla.cli import err, out
+    from edgevla.sim.demonstrations import DemoSettings, generate_demos
+    from edgevla.sim.demos import save_demos
+    from edgevla.sim.tasks import HELD_OUT_SEED_BASE
+
+    if args.seed + args.episodes > HELD_OUT_SEED_BASE:
+        raise ConfigError(
+            f"demonstration seeds must stay below {HELD_OUT_SEED_BASE} (held out for evaluation)"
+        )
+    settings = DemoSettings(chunk_len=args.chunk_len, image_size=args.image_size)
+    start = time.perf_counter()
+    with _progress(err) as progress:
+        task = progress.add_task("expert episodes", total=args.episodes, info="")
+        failures = [0]
+
+        def tick(done: int, total: int, success: bool) -> None:
+            failures[0] += not success
+            progress.update(task, completed=done, info=f"{failures[0]} failed")
+
+        demos = generate_demos(
+            range(args.seed, args.seed + args.episodes), settings, args.workers, tick
+        )
+    demos.meta["command"] = _command_line()
+    save_demos(demos, Path(args.out))
+    out.print(
+        f"demonstrations written: {args.out} ({len(demos)} samples from "
+        f"{demos.meta['episodes_kept']} episodes; expert success "
+        f"{demos.meta['expert_success_rate']:.1%}; {time.perf_counter() - start:.0f} s)"
+    )
+    return 0
+
+
+# ----------------------------------------------------------------------------- train
+
+
+def _losses_text(losses: dict[str, float]) -> str:
+    keys = [k for k in losses if k in ("loss", "flow", "system1", "critic0", "critic1")]
+    keys += [k for k in losses if k.startswith("val_")]
+    return " ".join(f"{k} {losses[k]:.4f}" for k in keys)
+
+
+def _command_line() -> str:
+    return "edgevla " + shlex.join(sys.argv[1:])
+
+
+def _write_metrics(path: Path, name: str, metrics: dict) -> None:
+    (path / name).write_text(json.dumps(metrics, indent=2, default=float) + "\n")
+
+
+def cmd_train_policy(args: argparse.Namespace) -> int:
+    import torch
+
+    from edgevla.cli import err, out
+    from edgevla.export.checkpoint import init_policy, save_checkpoint
+    from edgevla.export.configs import get_config
+    from edgevla.export.training import TrainConfig, train_policy
+    from edgevla.sim.demos import load_demos
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    demos = load_demos(Path(args.demos))
+    policy = init_policy(get_config(args.config), args.seed)
+    model = policy.config
+    if demos.images.shape[1:] != (model.num_cameras, model.image_size, model.image_size, 3):
+        raise ConfigError(
+            f"demonstrations hold frames {list(demos.images.shape[1:])}; config "
+            f"'{model.name}' takes {model.num_cameras} cameras at {model.image_size} px"
+        )
+    if demos.actions.shape[1] != model.chunk_len:
+        raise ConfigError(
+            f"demonstration chunks have {demos.actions.shape[1]} steps; config '{model.name}' "
+            f"has chunk_len {model.chunk_len}"
+        )
+    cfg = TrainConfig(
+        steps=args.steps or TrainConfig.steps,
+        batch_size=args.batch_size or TrainConfig.batch_size,
+        seed=args.seed,
+        image_shift_px=args.image_shift_px,
+    )
+    with _progress(err) as progress:
+        task = progress.add_task("behaviour cloning", total=cfg.steps, info="")
+
+        def tick(step: int, total: int, losses: dict[str, float]) -> None:
+            if any(k.startswith("val_") for k in losses):
+                err.print(f"step {step}: {_losses_text(losses)}")
+            else:
+                progress.update(task, completed=step, info=_losses_text(losses))
+
+        trained, metrics = train_policy(policy, demos, cfg, tick)
+    trained.origin["source"] = "edgevla train policy"
+    trained.origin["demos"] = str(args.demos)
+    trained.origin["behaviour_cloning"]["command"] = _command_line()
+    trained.origin["behaviour_cloning"]["demos_meta"] = {
+        k: demos.meta.get(k)
+        for k in ("seeds", "episodes_run", "episodes_kept", "expert_success_rate", "command")
+    }
+    save_checkpoint(trained, Path(args.out))
+    _write_metrics(Path(args.out), "train_policy.json", metrics)
+    out.print(
+        f"checkpoint written: {args.out} ({cfg.steps} steps in {metrics['wall_time_s']:.0f} s, "
+        f"{metrics['steps_per_s']:.1f} steps/s; final {_losses_text(metrics['final'])})"
+    )
+    return 0
+
+
+def cmd_train_value(args: argparse.Namespace) -> int:
+    import tempfile
+
+    import torch
+
+    from edgevla.cli import err, out
+    from edgevla.export.bundle_writer import ExportOptions, export_bundle
+    from edgevla.export.checkpoint import load_checkpoint, save_checkpoint
+    from edgevla.export.model_card import load_metrics, write_model_card
+    from edgevla.export.training import TrainConfig, train_value
+    from edgevla.sim.demos import load_values, save_values
+    from edgevla.sim.episode import EpisodeSettings
+    from edgevla.sim.tasks import HELD_OUT_SEED_BASE
+    from edgevla.sim.value_rollouts import collect_value_rollouts
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    policy = load_checkpoint(Path(args.checkpoint))
+    if args.rollouts and Path(args.rollouts, "dataset.json").is_file() and not args.recollect:
+        values = load_values(Path(args.rollouts))
+        out.print(f"using the rollouts in {args.rollouts} ({len(values)} plans)")
+    else:
+        if args.seed + args.episodes > HELD_OUT_SEED_BASE:
+            raise ConfigError(f"rollout seeds must stay below {HELD_OUT_SEED_BASE} (held out)")
+        settings = EpisodeSettings(image_size=policy.config.image_size, system1_enabled=False)
+        with tempfile.TemporaryDirectory() as tmp:
+            bundle = Path(tmp) / "bundle"
+            with err.status("exporting the policy for rollouts"):
+                export_bundle(policy, bundle, ExportOptions(candidates=args.candidates))
+            with _progress(err) as progress:
+                task = progress.add_task("rollouts", total=args.episodes, info="")
+                wins = [0]
+
+                def tick(result) -> None:
+                    wins[0] += result.success
+                    progress.update(task, advance=1, info=f"{wins[0]} succeeded")
+
+                values = collect_value_rollouts(
+                    bundle,
+                    range(args.seed, args.seed + args.episodes),
+                    settings,
+                    workers=args.workers,
+                    on_episode=tick,
+                )
+        if args.rollouts:
+            save_values(values, Path(args.rollouts))
+        rollouts = values.meta["rollouts"]
+        out.print(
+            f"rollouts: {len(values)} plans from {args.episodes} episodes, success "
+            f"{rollouts['success_rate']:.1%} with a random candidate per plan"
+        )
+    cfg = TrainConfig(seed=args.seed_train)
+    with _progress(err) as progress:
+        task = progress.add_task("value head", total=cfg.value_steps, info="")
+
+        def tick_train(step: int, total: int, losses: dict[str, float]) -> None:
+            progress.update(task, completed=step, info=_losses_text(losses))
+
+        trained, metrics = train_value(policy, values, cfg, tick_train)
+    trained.origin["value_rollouts"] = values.meta
+    trained.origin["value_training"]["command"] = _command_line()
+    save_checkpoint(trained, Path(args.out))
+    policy_metrics = load_metrics(Path(args.checkpoint, "train_policy.json"))
+    if policy_metrics is not None:
+        # The full loss history stays with the BC run; the card needs the summary.
+        summary = {k: v for k, v in policy_metrics.items() if not k.endswith("history")}
+        _write_metrics(Path(args.out), "train_policy.json", summary)
+    _write_metrics(Path(args.out), "train_value.json", metrics)
+    bc = trained.origin.get("behaviour_cloning", {})
+    commands = [
+        bc.get("demos_meta", {}).get("command") or "edgevla demos generate ...",
+        bc.get("command") or "edgevla train policy ...",
+        _command_line(),
+    ]
+    write_model_card(Path(args.out), trained, policy_metrics, metrics, commands)
+    held = metrics["held_out"]
+    out.print(
+        f"checkpoint written: {args.out} (critics trained on {metrics['train_samples']} plans; "
+        f"held-out Spearman {held.get('spearman')}, Pearson {held.get('pearson')})"
+    )
+    return 0
+
+
+# ----------------------------------------------------------------------------- eval
+
+
+def _episode_settings(args: argparse.Namespace, image_size: int):
+    from dataclasses import replace
+
+    from edgevla.runtime.config import load_config
+    from edgevla.sim.evaluation import settings_from_runtime
+
+    settings = settings_from_runtime(load_config(args.config), image_size)
+    if args.system1 is not None:
+        settings = replace(settings, system1_enabled=args.system1 == "on")
+    if args.timeout is not None:
+        settings = replace(settings, timeout_s=args.timeout)
+    return settings
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from edgevla.cli import err, out
+    from edgevla.runtime.bundle import load_bundle
+    from edgevla.sim.evaluation import (
+        contact_sheet,
+        run_policy_episodes,
+        settings_record,
+        summarize,
+    )
+    from edgevla.sim.tasks import held_out_seeds
+
+    bundle = load_bundle(args.bundle)
+    settings = _episode_settings(args, bundle.model.image_size)
+    if bundle.model.num_cameras != len(settings.cameras):
+        raise ConfigError(
+            f"the bundle takes {bundle.model.num_cameras} cameras, the config lists "
+            f"{len(settings.cameras)}"
+        )
+    seeds = held_out_seeds(args.seed, args.episodes)
+    label = (
+        f"N={bundle.candidates} "
+        f"{'System 2 + System 1' if settings.system1_enabled else 'System 2 only'}"
+    )
+    with _progress(err) as progress:
+        task = progress.add_task(f"eval {label}", total=len(seeds), info="")
+        wins = [0]
+
+        def tick(result) -> None:
+            wins[0] += result.success
+            done = progress.tasks[task].completed + 1
+            progress.update(task, advance=1, info=f"{wins[0]}/{done} succeeded")
+
+        results = run_policy_episodes(
+            args.bundle,
+            seeds,
+            settings,
+            workers=args.workers,
+            record_every=args.sheet_every if args.sheet else 0,
+            on_episode=tick,
+        )
+    summary = summarize(results)
+    report = {
+        "bundle": str(args.bundle),
+        "configuration": label,
+        "candidates": bundle.candidates,
+        "seeds": [seeds[0], seeds[-1]],
+        "settings": settings_record(settings),
+        "summary": summary,
+        "episodes": [r.summary() for r in results],
+    }
+    table = Table(title=f"closed-loop evaluation: {label}, {len(seeds)} held-out episodes")
+    for column in ("success", "95 % CI", "time to success p50 / p90", "outcomes"):
+        table.add_column(column)
+    tts = summary["time_to_success_s"]
+    table.add_row(
+        f"{summary['success_rate']:.1%} ({summary['successes']}/{summary['episodes']})",
+        f"{summary['ci95'][0]:.1%} – {summary['ci95'][1]:.1%}",
+        "—" if tts["median"] is None else f"{tts['median']:.2f} s / {tts['p90']:.2f} s",
+        ", ".join(f"{k} {v}" for k, v in sorted(summary["outcomes"].items())),
+    )
+    out.print(table)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        out.print(f"report: {args.json}")
+    if args.sheet:
+        contact_sheet(results[: args.sheet_episodes], Path(args.sheet))
+        out.print(f"contact sheet: {args.sheet}")
+    return 0
+
+
+def register(sub, add, group) -> None:
+    """Add `demos`, `train` and `eval` to the `edgevla` parser (see `cli.build_parser`)."""
+    demos = group("demos", "demonstrations of the simulated touch task")
+    p = add(
+        "generate",
+        cmd_demos_generate,
+        "record seeded expert demonstrations (closed loop in simulation)",
+        demos,
+    )
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--episodes", type=int, default=500, metavar="N")
+    p.add_argument("--seed", type=int, default=0, help="first episode seed")
+    p.add_argument("--workers", type=int, default=2, metavar="W", help="processes")
+    p.add_argument("--chunk-len", type=int, default=8, metavar="H")
+    p.add_argument("--image-size", type=int, default=32, metavar="PX")
+
+    train = group("train", "train the reference policy (PyTorch, export side)")
+    p = add(
+        "policy",
+        cmd_train_policy,
+        "behaviour cloning (flow matching) of prefix, action expert and System 1",
+        train,
+    )
+    p.add_argument("--demos", required=True, metavar="DIR")
+    p.add_argument("--config", default="tiny", help="named model config")
+    p.add_argument("--out", required=True, metavar="CHECKPOINT")
+    p.add_argument("--steps", type=int, metavar="N", help="optimizer steps (default: TrainConfig)")
+    p.add_argument("--batch-size", type=int, metavar="B")
+    p.add_argument("--seed", type=int, default=0, help="initialisation and batch order")
+    p.add_argument(
+        "--image-shift-px",
+        type=int,
+        default=0,
+        metavar="PX",
+        help="random per-camera image shift (augmentation); at 32 px one pixel is centimetres "
+        "on the table, so the default is off",
+    )
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p = add(
+        "value",
+        cmd_train_value,
+        "train the value head's critics from outcome-labelled rollouts of the policy",
+        train,
+    )
+    p.add_argument("--checkpoint", required=True, metavar="DIR", help="behaviour-cloned policy")
+    p.add_argument("--out", required=True, metavar="CHECKPOINT")
+    p.add_argument("--episodes", type=int, default=200, metavar="N")
+    p.add_argument("--seed", type=int, default=100_000, help="first rollout episode seed")
+    p.add_argument("--candidates", type=int, default=5, metavar="N")
+    p.add_argument("--workers", type=int, default=2, metavar="W")
+    p.add_argument("--rollouts", metavar="DIR", help="save (or reuse) the rollouts here")
+    p.add_argument("--recollect", action="store_true", help="collect even if --rollouts exists")
+    p.add_argument("--seed-train", type=int, default=0, help="critic initialisation order")
+    p.add_argument("--threads", type=int, default=0)
+
+    p = add(
+        "eval",
+        cmd_eval,
+        "closed-loop success of a bundle on held-out simulated episodes",
+    )
+    p.add_argument("--bundle", required=True, metavar="DIR")
+    p.add_argument("--episodes", type=int, default=50, metavar="N")
+    p.add_argument("--seed", type=int, default=0, help="first held-out seed (offset)")
+    p.add_argument("--config", metavar="PATH", help="runtime TOML (rates, System 1, limits)")
+    p.add_argument("--system1", choices=("on", "off"), help="override policy.system1_enabled")
+    p.add_argument("--timeout", type=float, metavar="S", help="episode timeout (default 8 s)")
+    p.add_argument("--workers", type=int, default=2, metavar="W", help="processes")
+    p.add_argument("--json", metavar="PATH", help="write the JSON report here")
+    p.add_argument("--sheet", metavar="PNG", help="write a contact sheet of the scene camera")
+    p.add_argument("--sheet-episodes", type=int, default=6, metavar="K")
+    p.add_argument("--sheet-every", type=int, default=6, metavar="FRAMES")

@@ -1,0 +1,550 @@
+"""Training the reference policy on CPU: behaviour cloning, then the value head from rollouts.
+
+`train_policy` fits the prefix, the flow-matching action expert and System 1 to expert
+demonstrations (`DemoSet`) in one loop with summed losses:
+
+- System 2 behaviour cloning, pi0's flow matching: x_t = t·ε + (1 − t)·a, target ε − a, every
+  sample attending to its own prefix cache (a batch-B cache with N = B candidates).
+- System 1 cascaded denoising: the first `s1_horizon` rows of the same expert chunk are noised
+  to θ ~ U(0, θ1] and denoised from the sample's own frame and state, because at run time
+  System 1 starts at θ1 and integrates to 0, visiting every t in (0, θ1].
+
+The value head's critics and the token selector are left alone there. `train_value` later fits
+only the two critics to rollout returns (`ValueSet`), each on its own bootstrap resample, so the
+runtime's min over them is a pessimistic ensemble (Hume).
+
+Both return a new `ReferencePolicy` (the caller's model is not modified) plus a metrics dict.
+Every random draw comes from generators seeded by `TrainConfig.seed`, so a run is repeatable
+and leaves torch's global RNG alone; thread count is the caller's business.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from edgevla.export.bundle_writer import ExportOptions
+from edgevla.export.checkpoint import ReferencePolicy
+from edgevla.export.reference import DualSystemVLA
+from edgevla.runtime.errors import InvalidSetting
+from edgevla.runtime.manifest import Normalization
+from edgevla.runtime.tokenizer import InstructionTokenizer
+from edgevla.sim.demos import DemoSet, ValueSet
+
+# The sampling a bundle ships with by default: training's θ1 and the evaluation's Euler
+# schedules follow it so that what is trained is what the runtime runs.
+RUNTIME_SAMPLING = ExportOptions().sampling()
+
+# 0.01 rad (0.6°) is below any deliberate motion yet keeps a dimension that never moves in the
+# demos (a fixed wrist, a gripper held shut) from turning small run-time offsets into huge
+# normalized inputs.
+STD_FLOOR = 1e-2
+
+ProgressFn = Callable[[int, int, dict[str, float]], None]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of both training stages; the defaults suit the `tiny` config on a 2-core CPU."""
+
+    # Behaviour cloning (prefix + action expert + System 1). tiny at batch 64 runs ~22 steps/s
+    # on one thread of this 2-core machine: 30k steps ≈ 23 min (≈ 70 epochs of 27k samples).
+    steps: int = 15_000
+    batch_size: int = 64  # 128 gives 1.1x the samples/s but half the updates: worse per minute
+    lr: float = 1e-3  # 3e-4 had not localised the target after 4k steps; 2e-3 also trains
+    warmup_steps: int = 500
+    min_lr_ratio: float = 0.05  # cosine decays to lr · min_lr_ratio
+    weight_decay: float = 1e-2  # Linear weights only; norms, biases, embeddings are not decayed
+    grad_clip: float = 1.0  # global norm; AdamW betas (0.9, 0.95) as in openpi
+    seed: int = 0
+    time_sampling: str = "beta"  # "beta": pi0's Beta(1.5, 1) on [0.001, 1]; or "uniform"
+    s1_theta: float = RUNTIME_SAMPLING.s1_theta
+    s1_loss_weight: float = 1.0
+    # Off: the sim's cameras never move, so a shift is label noise when the target's pixel
+    # position sets the joints (synthetic two-square task, 4k steps: held-out plan MSE 0.003
+    # without, 0.012 with ±2 px).
+    image_shift_px: int = 0  # random shift per camera, edges replicated; 0 = off
+    state_noise_std: float = 0.0  # Gaussian noise on the normalized state; 0 = off
+    # Held-out episodes, scored every eval_interval steps with the runtime's sampling.
+    val_fraction: float = 0.1
+    eval_interval: int = 2000
+    eval_samples: int = 256
+    log_interval: int = 10
+    # Value head (critics only).
+    value_steps: int = 3000
+    value_batch_size: int = 256
+    value_lr: float = 1e-3
+    value_weight_decay: float = 1e-4
+    value_holdout_fraction: float = 0.2
+    value_summary_batch: int = 128
+
+    def validate(self) -> None:
+        """Refuse settings no run can use (InvalidSetting naming the field)."""
+        positive = (
+            "steps",
+            "batch_size",
+            "lr",
+            "log_interval",
+            "eval_interval",
+            "eval_samples",
+            "value_steps",
+            "value_batch_size",
+            "value_lr",
+            "value_summary_batch",
+        )
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise InvalidSetting(f"TrainConfig.{name}", f"{getattr(self, name)!r} must be > 0")
+        rules = [
+            ("warmup_steps", self.warmup_steps >= 0, "must be >= 0"),
+            ("min_lr_ratio", 0.0 <= self.min_lr_ratio <= 1.0, "must be in [0, 1]"),
+            ("weight_decay", self.weight_decay >= 0.0, "must be >= 0"),
+            ("grad_clip", self.grad_clip > 0.0, "must be > 0"),
+            ("time_sampling", self.time_sampling in ("beta", "uniform"), "must be beta|uniform"),
+            ("s1_theta", 0.0 < self.s1_theta <= 1.0, "must be in (0, 1]"),
+            ("s1_loss_weight", self.s1_loss_weight >= 0.0, "must be >= 0"),
+            ("image_shift_px", self.image_shift_px >= 0, "must be >= 0"),
+            ("state_noise_std", self.state_noise_std >= 0.0, "must be >= 0"),
+            ("val_fraction", 0.0 <= self.val_fraction < 1.0, "must be in [0, 1)"),
+            ("value_weight_decay", self.value_weight_decay >= 0.0, "must be >= 0"),
+            ("value_holdout_fraction", 0.0 <= self.value_holdout_fraction < 1.0, "in [0, 1)"),
+        ]
+        for name, ok, rule in rules:
+            if not ok:
+                raise InvalidSetting(f"TrainConfig.{name}", f"{getattr(self, name)!r} {rule}")
+
+
+def learning_rate(step: int, total: int, peak: float, warmup: int, min_ratio: float) -> float:
+    """Linear warm-up to `peak`, then cosine decay to `peak · min_ratio` at `total`."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    cosine = 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return peak * (min_ratio + (1.0 - min_ratio) * cosine)
+
+
+def normalization_from_demos(demos: DemoSet, std_floor: float = STD_FLOOR) -> Normalization:
+    """Per-dimension mean/std of the state and of every action row of every chunk.
+
+    Computed in float64; std (population, like numpy's default) is floored at `std_floor`.
+    """
+    state = np.asarray(demos.state, dtype=np.float64)
+    actions = np.asarray(demos.actions, dtype=np.float64).reshape(-1, demos.actions.shape[-1])
+
+    def stats(x: np.ndarray) -> tuple[list[float], list[float]]:
+        return x.mean(0).tolist(), np.maximum(x.std(0), std_floor).tolist()
+
+    state_mean, state_std = stats(state)
+    action_mean, action_std = stats(actions)
+    return Normalization(
+        state_mean=state_mean, state_std=state_std, action_mean=action_mean, action_std=action_std
+    )
+
+
+def _normalize(x: np.ndarray, mean: list[float], std: list[float]) -> Tensor:
+    out = (np.asarray(x, np.float32) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
+
+
+def _instruction_tokens(
+    policy: ReferencePolicy, instructions: list[str], index: np.ndarray
+) -> tuple[Tensor, Tensor]:
+    """Ids and masks [N, T] per row: each distinct instruction is tokenized once, then indexed.
+
+    T is the model's own max_instruction_tokens: the prefix length (and the action expert's
+    RoPE positions after it) is fixed by the config, as in the exported graphs.
+    """
+    tokenizer = InstructionTokenizer(policy.tokenizer, policy.config.max_instruction_tokens)
+    encoded = [tokenizer.encode(text) for text in instructions]
+    ids = torch.from_numpy(np.concatenate([e[0] for e in encoded]))
+    mask = torch.from_numpy(np.concatenate([e[1] for e in encoded]))
+    rows = torch.from_numpy(np.asarray(index, dtype=np.int64))
+    return ids[rows], mask[rows]
+
+
+@dataclass
+class _Rows:
+    """A dataset as model-ready tensors (images stay uint8: the model normalizes them)."""
+
+    images: Tensor  # uint8 [N, C, S, S, 3]
+    ids: Tensor  # int64 [N, T]
+    mask: Tensor  # bool [N, T]
+    state: Tensor  # float32 [N, state_dim], normalized
+    actions: Tensor  # float32 [N, H, A], normalized
+
+    def take(self, idx: np.ndarray | Tensor) -> _Rows:
+        i = torch.as_tensor(idx, dtype=torch.int64)
+        return _Rows(self.images[i], self.ids[i], self.mask[i], self.state[i], self.actions[i])
+
+
+def _rows(policy: ReferencePolicy, data: DemoSet | ValueSet, norm: Normalization) -> _Rows:
+    ids, mask = _instruction_tokens(policy, data.instructions, data.instruction_index)
+    return _Rows(
+        images=torch.from_numpy(np.ascontiguousarray(data.images, dtype=np.uint8)),
+        ids=ids,
+        mask=mask,
+        state=_normalize(data.state, norm.state_mean, norm.state_std),
+        actions=_normalize(data.actions, norm.action_mean, norm.action_std),
+    )
+
+
+def _split_episodes(
+    episode: np.ndarray, fraction: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """(train rows, held-out rows), holding out whole episodes: consecutive moments of one
+    episode are near-duplicates, so a row-level split would score memorisation."""
+    rows = np.arange(len(episode))
+    if fraction <= 0.0:
+        return rows, rows[:0]
+    unique = np.unique(episode)
+    if len(unique) >= 2:
+        count = min(len(unique) - 1, max(1, round(fraction * len(unique))))
+        held = rng.choice(unique, size=count, replace=False)
+        is_held = np.isin(episode, held)
+        return rows[~is_held], rows[is_held]
+    # One episode: fall back to a row split rather than no held-out score at all.
+    count = min(len(rows) - 1, max(1, round(fraction * len(rows))))
+    if count <= 0:
+        return rows, rows[:0]
+    perm = rng.permutation(rows)
+    return np.sort(perm[count:]), np.sort(perm[:count])
+
+
+def shift_images(images: Tensor, max_px: int, gen: torch.Generator) -> Tensor:
+    """Shift each camera's frame by its own random (dy, dx) in [-max_px, max_px], replicating
+    the edge: cheap robustness to small camera-mount offsets. uint8 in, uint8 out."""
+    b, c, s = images.shape[:3]
+    flat = images.reshape(b * c, s, s, images.shape[-1])
+    shifts = torch.randint(-max_px, max_px + 1, (b * c, 2), generator=gen)
+    base = torch.arange(s)
+    rows = (base[None] + shifts[:, :1]).clamp(0, s - 1)
+    cols = (base[None] + shifts[:, 1:]).clamp(0, s - 1)
+    n = torch.arange(b * c)[:, None, None]
+    return flat[n, rows[:, :, None], cols[:, None, :]].reshape(images.shape)
+
+
+def _flow_times(n: int, how: str, gen: torch.Generator) -> Tensor:
+    u = torch.rand(n, generator=gen)
+    if how == "uniform":
+        return 1e-3 + (1.0 - 1e-3) * u
+    # Beta(1.5, 1) has CDF t^1.5, so u^(2/3) samples it exactly from our own generator.
+    return 1e-3 + (1.0 - 1e-3) * u.pow(2.0 / 3.0)
+
+
+def _losses(
+    model: DualSystemVLA, batch: _Rows, cfg: TrainConfig, gen: torch.Generator
+) -> dict[str, Tensor]:
+    images, state, actions = batch.images, batch.state, batch.actions
+    if cfg.image_shift_px > 0:
+        images = shift_images(images, cfg.image_shift_px, gen)
+    if cfg.state_noise_std > 0.0:
+        state = state + cfg.state_noise_std * torch.randn(state.shape, generator=gen)
+    b = actions.shape[0]
+    # System 2: every sample's chunk attends to its own prefix (batch-B cache, N = B).
+    k, v, mask, _, _ = model.encode_prefix(images, batch.ids, batch.mask, state)
+    noise = torch.randn(actions.shape, generator=gen)
+    t = _flow_times(b, cfg.time_sampling, gen)
+    x_t = t[:, None, None] * noise + (1.0 - t[:, None, None]) * actions
+    bc = F.mse_loss(model.expert_velocity(k, v, mask, x_t, t), noise - actions)
+    # System 1: noise the "now" slice to θ ∈ (0, θ1] and denoise it from the current frame.
+    slice_ = actions[:, : model.cfg.s1_horizon]
+    noise1 = torch.randn(slice_.shape, generator=gen)
+    theta = cfg.s1_theta * (1.0 - torch.rand(b, generator=gen))
+    x_theta = theta[:, None, None] * noise1 + (1.0 - theta[:, None, None]) * slice_
+    s1 = F.mse_loss(model.system1_velocity(images, state, x_theta, theta), noise1 - slice_)
+    return {"loss": bc + cfg.s1_loss_weight * s1, "bc": bc, "s1": s1}
+
+
+@torch.no_grad()
+def _evaluate(model: DualSystemVLA, rows: _Rows, batch_size: int, seed: int) -> dict[str, float]:
+    """Run the runtime's sampling on held-out rows; errors are MSE in normalized units.
+
+    `plan_mse`: System 2's chunk from pure noise at start_time_max (the first candidate), Euler
+    denoise_steps, against the expert chunk. `plan_slice_mse` / `s1_mse`: the plan's first
+    s1_horizon rows before / after System 1 re-noises them to θ1 and denoises in s1_steps.
+    The same seed every time keeps scores comparable across the run.
+    """
+    s, h1 = RUNTIME_SAMPLING, model.cfg.s1_horizon
+    gen = torch.Generator().manual_seed(seed)
+    sums = {"plan_mse": 0.0, "plan_slice_mse": 0.0, "s1_mse": 0.0}
+    n = rows.actions.shape[0]
+    for start in range(0, n, batch_size):
+        batch = rows.take(np.arange(start, min(n, start + batch_size)))
+        b = batch.actions.shape[0]
+        k, v, mask, _, _ = model.encode_prefix(batch.images, batch.ids, batch.mask, batch.state)
+        x = torch.randn(batch.actions.shape, generator=gen)
+        for i in range(s.denoise_steps):
+            t = torch.full((b,), s.start_time_max * (1.0 - i / s.denoise_steps))
+            x = x - (s.start_time_max / s.denoise_steps) * model.expert_velocity(k, v, mask, x, t)
+        plan_slice, expert_slice = x[:, :h1], batch.actions[:, :h1]
+        y = s.s1_theta * torch.randn(plan_slice.shape, generator=gen)
+        y = y + (1.0 - s.s1_theta) * plan_slice
+        for i in range(s.s1_steps):
+            t = torch.full((b,), s.s1_theta * (1.0 - i / s.s1_steps))
+            velocity = model.system1_velocity(batch.images, batch.state, y, t)
+            y = y - (s.s1_theta / s.s1_steps) * velocity
+        sums["plan_mse"] += F.mse_loss(x, batch.actions, reduction="sum").item() / x[0].numel()
+        sums["plan_slice_mse"] += (
+            F.mse_loss(plan_slice, expert_slice, reduction="sum").item() / plan_slice[0].numel()
+        )
+        sums["s1_mse"] += F.mse_loss(y, expert_slice, reduction="sum").item() / y[0].numel()
+    return {key: value / n for key, value in sums.items()}
+
+
+def _param_groups(model: DualSystemVLA, weight_decay: float) -> list[dict[str, object]]:
+    """Decay Linear weights only; leave out the critics (trained from rollouts later) and the
+    token selector (its scores feed no loss here)."""
+    frozen = {id(p) for m in (model.critics, model.selector) for p in m.parameters()}
+    linear = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear)}
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if id(p) in frozen:
+            continue
+        (decay if id(p) in linear else no_decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+class _Batches:
+    """Shuffled epochs from a numpy Generator; a batch never repeats a row."""
+
+    def __init__(self, rows: np.ndarray, batch_size: int, rng: np.random.Generator) -> None:
+        self.rows, self.size, self.rng = rows, min(batch_size, len(rows)), rng
+        self.order, self.pos = rng.permutation(rows), 0
+
+    def next(self) -> np.ndarray:
+        if self.pos + self.size > len(self.order):
+            self.order, self.pos = self.rng.permutation(self.rows), 0
+        out = self.order[self.pos : self.pos + self.size]
+        self.pos += self.size
+        return out
+
+
+def train_policy(
+    policy: ReferencePolicy,
+    demos: DemoSet,
+    cfg: TrainConfig = TrainConfig(),
+    on_progress: ProgressFn | None = None,
+) -> tuple[ReferencePolicy, dict[str, object]]:
+    """Behaviour-clone prefix, action expert and System 1 on `demos`.
+
+    Returns a new policy (trained copy of the weights, the demos' normalization, `origin`
+    noting the run) and metrics. `on_progress(step, total, losses)` is called every
+    `log_interval` steps with the interval's mean losses and the learning rate, and at every
+    evaluation with `val_*` scores.
+    """
+    cfg.validate()
+    if len(demos) == 0:
+        raise InvalidSetting("demos", "the demonstration set is empty")
+    started = time.perf_counter()
+    norm = normalization_from_demos(demos)
+    model = copy.deepcopy(policy.model).float()
+    rows = _rows(policy, demos, norm)
+    rng = np.random.default_rng(cfg.seed)
+    train_idx, val_idx = _split_episodes(demos.episode, cfg.val_fraction, rng)
+    if len(val_idx) > cfg.eval_samples:
+        val_idx = np.sort(rng.choice(val_idx, size=cfg.eval_samples, replace=False))
+    val_rows = rows.take(val_idx) if len(val_idx) else None
+    batches = _Batches(train_idx, cfg.batch_size, rng)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    groups = _param_groups(model, cfg.weight_decay)
+    params = [p for g in groups for p in g["params"]]  # type: ignore[attr-defined]
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
+
+    history: list[dict[str, float]] = []
+    val_history: list[dict[str, float]] = []
+    window: dict[str, list[float]] = {}
+    model.train()
+    for step in range(cfg.steps):
+        lr = learning_rate(step, cfg.steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        losses = _losses(model, rows.take(batches.next()), cfg, gen)
+        opt.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        for key, value in {**losses, "grad_norm": grad_norm}.items():
+            window.setdefault(key, []).append(value.item())
+        done = step + 1
+        if done % cfg.log_interval == 0 or done == cfg.steps:
+            report = {key: float(np.mean(values)) for key, values in window.items()}
+            report["lr"] = lr
+            history.append({"step": done, **report})
+            window = {}
+            if on_progress is not None:
+                on_progress(done, cfg.steps, report)
+        if val_rows is not None and (done % cfg.eval_interval == 0 or done == cfg.steps):
+            model.eval()
+            scores = _evaluate(model, val_rows, cfg.batch_size, cfg.seed + 1)
+            model.train()
+            val_history.append({"step": done, **scores})
+            if on_progress is not None:
+                on_progress(done, cfg.steps, {f"val_{k}": v for k, v in scores.items()})
+    model.eval()
+    wall = time.perf_counter() - started
+
+    metrics: dict[str, object] = {
+        "steps": cfg.steps,
+        "samples": len(demos),
+        "train_samples": len(train_idx),
+        "val_samples": len(val_idx),
+        "episodes": len(np.unique(demos.episode)),
+        "wall_time_s": wall,
+        "steps_per_s": cfg.steps / wall,
+        "first": {k: v for k, v in history[0].items() if k != "step"},
+        "final": {k: v for k, v in history[-1].items() if k != "step"},
+        "val": val_history[-1] if val_history else None,
+        "history": history,
+        "val_history": val_history,
+    }
+    origin = {
+        **policy.origin,
+        "behaviour_cloning": {
+            "samples": len(demos),
+            "episodes": metrics["episodes"],
+            "instructions": list(demos.instructions),
+            "final": metrics["final"],
+            "val": metrics["val"],
+            "config": dataclasses.asdict(cfg),
+        },
+    }
+    trained = dataclasses.replace(policy, model=model, normalization=norm, origin=origin)
+    return trained, metrics
+
+
+@torch.no_grad()
+def value_summaries(model: DualSystemVLA, rows: _Rows, batch_size: int) -> Tensor:
+    """The prefix's value-query summary [M, d_model] for every row, in batches."""
+    parts = []
+    for start in range(0, rows.images.shape[0], batch_size):
+        b = rows.take(np.arange(start, min(rows.images.shape[0], start + batch_size)))
+        parts.append(model.encode_prefix(b.images, b.ids, b.mask, b.state)[3])
+    return torch.cat(parts)
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks with ties averaged (returns are full of ties: every failure is 0)."""
+    order = np.argsort(x, kind="stable")
+    ranks = np.empty(len(x), dtype=np.float64)
+    ranks[order] = np.arange(len(x), dtype=np.float64)
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    sums = np.bincount(inverse, weights=ranks)
+    return (sums / counts)[inverse]
+
+
+def correlations(pred: np.ndarray, target: np.ndarray) -> tuple[float | None, float | None]:
+    """(Pearson, Spearman); None where either side is constant."""
+    pred, target = np.asarray(pred, np.float64), np.asarray(target, np.float64)
+    if len(pred) < 2 or np.ptp(pred) == 0 or np.ptp(target) == 0:
+        return None, None
+    pearson = float(np.corrcoef(pred, target)[0, 1])
+    spearman = float(np.corrcoef(_ranks(pred), _ranks(target))[0, 1])
+    return pearson, spearman
+
+
+def train_value(
+    policy: ReferencePolicy,
+    values: ValueSet,
+    cfg: TrainConfig = TrainConfig(),
+    on_progress: ProgressFn | None = None,
+) -> tuple[ReferencePolicy, dict[str, object]]:
+    """Fit the two critics to rollout returns; every other weight stays bit-identical.
+
+    Inputs are the frozen prefix's value summary and the executed chunk, normalized with the
+    policy's own statistics (train the policy first). Each critic sees its own bootstrap
+    resample of the training rows; whole episodes are held out for the reported scores.
+    """
+    cfg.validate()
+    if len(values) == 0:
+        raise InvalidSetting("values", "the value set is empty")
+    started = time.perf_counter()
+    model = copy.deepcopy(policy.model)
+    model.eval()
+    rows = _rows(policy, values, policy.normalization)
+    summary = value_summaries(model, rows, cfg.value_summary_batch)
+    horizon = model.cfg.value_horizon
+    features = torch.cat([summary, rows.actions[:, :horizon].flatten(1)], dim=-1)
+    features = features.to(model.dtype)
+    returns = torch.from_numpy(np.asarray(values.returns, dtype=np.float32))
+
+    rng = np.random.default_rng(cfg.seed)
+    train_idx, held_idx = _split_episodes(values.episode, cfg.value_holdout_fraction, rng)
+    critics = list(model.critics)
+    boots = [rng.choice(train_idx, size=len(train_idx), replace=True) for _ in critics]
+    opt = torch.optim.AdamW(
+        model.critics.parameters(), lr=cfg.value_lr, weight_decay=cfg.value_weight_decay
+    )
+    warmup = min(100, cfg.value_steps // 10)
+    batch = min(cfg.value_batch_size, len(train_idx))
+    window: dict[str, list[float]] = {}
+    model.critics.train()
+    with torch.enable_grad():
+        for step in range(cfg.value_steps):
+            lr = learning_rate(step, cfg.value_steps, cfg.value_lr, warmup, 0.05)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            opt.zero_grad(set_to_none=True)
+            losses = {}
+            for i, (critic, boot) in enumerate(zip(critics, boots, strict=True)):
+                idx = torch.from_numpy(boot[rng.integers(0, len(boot), size=batch)])
+                pred = critic(features[idx]).squeeze(-1).float()
+                losses[f"critic{i}"] = F.mse_loss(pred, returns[idx])
+            sum(losses.values()).backward()  # type: ignore[union-attr]
+            for critic in critics:  # clipped apart: the critics share nothing
+                torch.nn.utils.clip_grad_norm_(critic.parameters(), cfg.grad_clip)
+            opt.step()
+            for key, value in losses.items():
+                window.setdefault(key, []).append(value.item())
+            done = step + 1
+            last = done == cfg.value_steps
+            if on_progress is not None and (done % cfg.log_interval == 0 or last):
+                report = {key: float(np.mean(v)) for key, v in window.items()}
+                on_progress(done, cfg.value_steps, {**report, "lr": lr})
+                window = {}
+    model.eval()
+
+    with torch.no_grad():
+        q_train = torch.cat([c(features).float() for c in critics], dim=-1)
+        held_rows = torch.from_numpy(held_idx)
+        q_min, q_critics = model.value(summary[held_rows], rows.actions[held_rows])
+    train_loss = [
+        float(F.mse_loss(q_train[torch.from_numpy(b), i], returns[torch.from_numpy(b)]))
+        for i, b in enumerate(boots)
+    ]
+    held: dict[str, object] = {"samples": len(held_idx)}
+    if len(held_idx):
+        y = returns[held_rows]
+        held["critic_mse"] = [float(F.mse_loss(q_critics[:, i], y)) for i in range(len(critics))]
+        held["min_mse"] = float(F.mse_loss(q_min, y))
+        held["pearson"], held["spearman"] = correlations(q_min.numpy(), y.numpy())
+    metrics: dict[str, object] = {
+        "steps": cfg.value_steps,
+        "samples": len(values),
+        "train_samples": len(train_idx),
+        "episodes": len(np.unique(values.episode)),
+        "wall_time_s": time.perf_counter() - started,
+        "train_critic_mse": train_loss,
+        "held_out": held,
+    }
+    origin = {
+        **policy.origin,
+        "value_training": {
+            "samples": len(values),
+            "episodes": metrics["episodes"],
+            "train_critic_mse": train_loss,
+            "held_out": held,
+        },
+    }
+    return dataclasses.replace(policy, model=model, origin=origin), metrics

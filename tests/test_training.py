@@ -1,0 +1,260 @@
+"""Training: behaviour cloning lowers the loss, is repeatable, and the value head trains alone.
+
+The data is synthetic and made here: two coloured squares on a grey table, seen by two cameras;
+the instruction names one and its position sets the joint targets the chunk moves towards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+
+from edgevla.export.checkpoint import (
+    ReferencePolicy,
+    init_policy,
+    load_checkpoint,
+    save_checkpoint,
+)
+from edgevla.export.configs import get_config
+from edgevla.export.reference import build_model
+from edgevla.export.training import (
+    STD_FLOOR,
+    TrainConfig,
+    correlations,
+    learning_rate,
+    normalization_from_demos,
+    shift_images,
+    train_policy,
+    train_value,
+)
+from edgevla.runtime.errors import InvalidSetting
+from edgevla.sim.demos import DemoSet, ValueSet
+
+TINY = get_config("tiny")
+HOME = np.array([0.0, -1.57, 1.57, -1.57, -1.57, 0.0], np.float32)
+INSTRUCTIONS = ["reach the red block", "reach the blue block"]
+COLOURS = np.array([[220, 30, 30], [30, 30, 220]], np.uint8)
+SQUARE = 6
+# Few steps, small batches: the file must stay fast on a 2-core machine.
+QUICK = TrainConfig(steps=5, batch_size=8, warmup_steps=2, log_interval=1, eval_samples=8)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """Tiny batches gain nothing from a second thread, and a busy machine makes two threads
+    wait on each other at every op (measured: 100× slower under load)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def synthetic_demos(samples: int = 64, episodes: int = 8, seed: int = 0) -> DemoSet:
+    rng = np.random.default_rng(seed)
+    size, horizon = TINY.image_size, TINY.chunk_len
+    images = np.full((samples, TINY.num_cameras, size, size, 3), 90, np.uint8)
+    corner = rng.integers(0, size - SQUARE, size=(samples, 2, 2))  # [sample, colour, (row, col)]
+    instruction = (np.arange(samples) % 2).astype(np.int16)
+    for i in range(samples):
+        for colour in range(2):
+            r, c = corner[i, colour]
+            images[i, 0, r : r + SQUARE, c : c + SQUARE] = COLOURS[colour]
+            images[i, 1, c : c + SQUARE, r : r + SQUARE] = COLOURS[colour]  # the other view
+    where = corner[np.arange(samples), instruction].astype(np.float32) / (size - SQUARE)
+    target = np.repeat(HOME[None], samples, axis=0)
+    target[:, 0] += where[:, 0] - 0.5
+    target[:, 1] += where[:, 1] - 0.5
+    target[:, 2] += 0.5 * (where[:, 0] - where[:, 1])
+    joints = HOME + rng.normal(0.0, 0.1, (samples, 6)).astype(np.float32)
+    alpha = (np.arange(1, horizon + 1, dtype=np.float32) / horizon)[None, :, None]
+    chunk = joints[:, None] + alpha * (target - joints)[:, None]
+    gripper = np.ones((samples, horizon, 1), np.float32)  # never moves: a constant dimension
+    return DemoSet(
+        images=images,
+        state=np.concatenate([joints, np.ones((samples, 1), np.float32)], axis=-1),
+        actions=np.concatenate([chunk, gripper], axis=-1).astype(np.float32),
+        instruction_index=instruction,
+        episode=(np.arange(samples) % episodes).astype(np.int32),
+        step=(np.arange(samples) // episodes).astype(np.int32),
+        instructions=list(INSTRUCTIONS),
+        step_period_s=0.05,
+    )
+
+
+def synthetic_values(demos: DemoSet, seed: int = 1) -> ValueSet:
+    """Executed chunks = expert chunk + a joint offset of 0..0.6 rad; return falls with it."""
+    rng = np.random.default_rng(seed)
+    offset = rng.uniform(0.0, 0.6, len(demos)).astype(np.float32)
+    actions = demos.actions.copy()
+    actions[..., :6] += offset[:, None, None]
+    return ValueSet(
+        images=demos.images,
+        state=demos.state,
+        actions=actions,
+        returns=np.exp(-offset / 0.2).astype(np.float32),
+        instruction_index=demos.instruction_index,
+        episode=np.arange(len(demos), dtype=np.int32) // 4,
+        instructions=list(demos.instructions),
+    )
+
+
+def _weights(policy: ReferencePolicy) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in policy.model.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def demos() -> DemoSet:
+    return synthetic_demos()
+
+
+@pytest.fixture(scope="module")
+def trained(demos: DemoSet) -> tuple[ReferencePolicy, ReferencePolicy, np.ndarray, dict]:
+    """(untrained, trained, per-step [total, bc, s1] losses, metrics) after 150 steps."""
+    untrained = init_policy(TINY, 3)
+    losses: list[tuple[float, float, float]] = []
+
+    def record(step: int, total: int, report: dict[str, float]) -> None:
+        if "loss" in report:  # evaluations report val_* keys only
+            losses.append((report["loss"], report["bc"], report["s1"]))
+
+    cfg = TrainConfig(steps=150, batch_size=16, warmup_steps=10, log_interval=1, eval_samples=8)
+    policy, metrics = train_policy(untrained, demos, cfg, on_progress=record)
+    return untrained, policy, np.array(losses), metrics
+
+
+def test_training_lowers_the_loss_and_changes_only_trained_weights(trained) -> None:
+    untrained, policy, losses, metrics = trained
+    assert losses.shape == (150, 3) and metrics["steps"] == 150
+    # Mean of the first vs the last 15 steps: about 0.56 / 0.50 / 0.63 over seeds 0-4.
+    ratio = losses[-15:].mean(0) / losses[:15].mean(0)
+    assert ratio[0] < 0.75 and ratio[1] < 0.7 and ratio[2] < 0.85, ratio
+    before, after = untrained.model.state_dict(), policy.model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert any(k.startswith("expert_layers.") for k in changed)
+    assert any(k.startswith("layers.") for k in changed)
+    assert any(k.startswith("system1.") for k in changed)
+    assert not any(k.startswith(("critics.", "selector.")) for k in changed)
+    # The caller's policy is left as it was.
+    assert all(
+        torch.equal(before[k], v) for k, v in init_policy(TINY, 3).model.state_dict().items()
+    )
+    assert metrics["val"] is not None and np.isfinite(metrics["val"]["plan_mse"])
+    assert "behaviour_cloning" in policy.origin
+
+
+def test_normalization_matches_numpy_and_floors_a_constant_dimension(demos: DemoSet) -> None:
+    norm = normalization_from_demos(demos)
+    rows = demos.actions.reshape(-1, demos.actions.shape[-1]).astype(np.float64)
+    np.testing.assert_allclose(norm.state_mean, demos.state.astype(np.float64).mean(0))
+    np.testing.assert_allclose(norm.action_mean, rows.mean(0))
+    np.testing.assert_allclose(norm.state_std[:6], demos.state[:, :6].astype(np.float64).std(0))
+    np.testing.assert_allclose(norm.action_std[:6], rows[:, :6].std(0))
+    # The gripper never moves in these demos: its std is the floor, not 0.
+    assert norm.state_std[6] == STD_FLOOR and norm.action_std[6] == STD_FLOOR
+
+
+def test_trained_policy_carries_the_demos_normalization(trained, demos: DemoSet) -> None:
+    assert trained[1].normalization == normalization_from_demos(demos)
+
+
+def test_same_seed_gives_identical_weights_and_another_seed_does_not(demos: DemoSet) -> None:
+    cfg = dataclasses.replace(QUICK, state_noise_std=0.05, image_shift_px=2)
+    a, _ = train_policy(init_policy(TINY, 0), demos, cfg)
+    b, _ = train_policy(init_policy(TINY, 0), demos, cfg)
+    c, _ = train_policy(init_policy(TINY, 0), demos, dataclasses.replace(cfg, seed=1))
+    wa, wb, wc = _weights(a), _weights(b), _weights(c)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not all(torch.equal(wa[k], wc[k]) for k in wa)
+
+
+def test_batched_cache_expert_equals_one_call_per_sample() -> None:
+    """A batch-B prefix cache with N = B gives each sample attention to its own prefix."""
+    model = build_model(TINY, 0)
+    g = torch.Generator().manual_seed(0)
+    b, t_len = 3, TINY.max_instruction_tokens
+    shape = (b, TINY.num_cameras, TINY.image_size, TINY.image_size, 3)
+    images = torch.randint(0, 256, shape, generator=g, dtype=torch.uint8)
+    ids = torch.randint(2, 60, (b, t_len), generator=g)
+    mask = torch.zeros(b, t_len, dtype=torch.bool)
+    for i, length in enumerate((2, 5, t_len)):  # different masks per sample
+        mask[i, :length] = True
+    state = torch.randn(b, TINY.state_dim, generator=g)
+    noisy = torch.randn(b, TINY.chunk_len, TINY.action_dim, generator=g)
+    t = torch.tensor([0.9, 0.4, 0.05])
+    with torch.no_grad():
+        k, v, prefix_mask, _, _ = model.encode_prefix(images, ids, mask, state)
+        batched = model.expert_velocity(k, v, prefix_mask, noisy, t)
+        one = [slice(i, i + 1) for i in range(b)]
+        single = [
+            model.expert_velocity(k[:, s], v[:, s], prefix_mask[s], noisy[s], t[s]) for s in one
+        ]
+    for s, result in zip(one, single, strict=True):
+        torch.testing.assert_close(batched[s], result, atol=1e-5, rtol=0)
+    # And the per-sample results differ, so the check above is not vacuous.
+    assert not torch.allclose(batched[0], batched[1], atol=1e-3)
+
+
+def test_train_value_changes_only_the_critics_and_ranks_held_out_returns(
+    trained, demos: DemoSet
+) -> None:
+    policy = trained[1]
+    values = synthetic_values(demos)
+    cfg = TrainConfig(value_steps=300, value_batch_size=32, value_holdout_fraction=0.25)
+    valued, metrics = train_value(policy, values, cfg)
+    before, after = policy.model.state_dict(), valued.model.state_dict()
+    for key in before:
+        if key.startswith("critics."):
+            continue
+        assert torch.equal(before[key], after[key]), key
+    for i in range(2):  # each critic trained
+        assert not torch.equal(before[f"critics.{i}.0.weight"], after[f"critics.{i}.0.weight"])
+    assert valued.normalization == policy.normalization
+    held = metrics["held_out"]
+    assert held["samples"] == 16
+    assert held["spearman"] > 0.5 and held["pearson"] > 0.5, held
+    assert len(metrics["train_critic_mse"]) == 2
+
+
+def test_trained_policy_round_trips_through_a_checkpoint(trained, tmp_path) -> None:
+    policy = trained[1]
+    save_checkpoint(policy, tmp_path / "ckpt")
+    loaded = load_checkpoint(tmp_path / "ckpt")
+    assert loaded.normalization == policy.normalization
+    saved = policy.model.state_dict()
+    assert all(torch.equal(saved[k], v) for k, v in loaded.model.state_dict().items())
+    assert loaded.origin["behaviour_cloning"]["samples"] == 64
+
+
+def test_learning_rate_warms_up_then_decays_to_the_floor() -> None:
+    peak, total, warmup = 1e-3, 100, 10
+    rates = [learning_rate(s, total, peak, warmup, 0.1) for s in range(total + 1)]
+    assert rates[0] == pytest.approx(peak / warmup) and rates[warmup - 1] == pytest.approx(peak)
+    assert all(a >= b for a, b in zip(rates[warmup:], rates[warmup + 1 :], strict=False))
+    assert rates[-1] == pytest.approx(0.1 * peak)
+
+
+def test_image_shift_moves_each_camera_by_at_most_the_limit() -> None:
+    images = torch.zeros(4, 2, 16, 16, 3, dtype=torch.uint8)
+    images[:, :, 6:10, 6:10] = 255
+    shifted = shift_images(images, 2, torch.Generator().manual_seed(0))
+    assert shifted.shape == images.shape and shifted.dtype == torch.uint8
+    for frame in shifted.reshape(-1, 16, 16, 3):
+        rows, cols = torch.nonzero(frame[..., 0], as_tuple=True)
+        assert rows.numel() == 16  # the square survives whole
+        assert 4 <= int(rows.min()) <= 8 and 4 <= int(cols.min()) <= 8
+    assert torch.equal(shift_images(images, 0, torch.Generator()), images)
+
+
+def test_spearman_averages_tied_ranks() -> None:
+    pearson, spearman = correlations(np.array([0.1, 0.2, 0.3, 0.4]), np.array([0, 0, 1, 1.0]))
+    assert spearman == pytest.approx(np.sqrt(0.8)) and pearson > 0.8
+    assert correlations(np.ones(4), np.arange(4.0)) == (None, None)
+
+
+def test_config_refuses_a_theta_the_runtime_cannot_use() -> None:
+    with pytest.raises(InvalidSetting, match="s1_theta"):
+        TrainConfig(s1_theta=0.0).validate()
