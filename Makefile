@@ -38,7 +38,8 @@ $(DEMO_BUNDLE)/manifest.json: $(CHECKPOINT)/model.safetensors $(CHECKPOINT)/conf
 	$(EDGEVLA) export --checkpoint $(CHECKPOINT) --out $(DEMO_BUNDLE) --overwrite
 
 # The main job: the runtime on the embedded default (simulated UR5e, cameras and MCU, the trained
-# policy told to touch the red cube) for 20 s, then the same bundle on 10 held-out episodes.
+# policy told to touch the red cube) for 20 s, then the same bundle on 10 held-out episodes with
+# a success rate and a contact sheet.
 demo: $(STAMP) $(DEMO_BUNDLE)/manifest.json
 	@$(EDGEVLA) bundle verify $(DEMO_BUNDLE) >/dev/null 2>&1 || \
 		$(EDGEVLA) export --checkpoint $(CHECKPOINT) --out $(DEMO_BUNDLE) --overwrite

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import msgspec
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -280,9 +281,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
             f"{len(settings.cameras)}"
         )
     seeds = held_out_seeds(args.seed, args.episodes)
+    sampling = {} if args.s1_theta is None else {"s1_theta": args.s1_theta}
+    if sampling:
+        # Refuse a bad override before any worker starts.
+        from edgevla.runtime.manifest import validate_sampling
+
+        validate_sampling(msgspec.structs.replace(bundle.manifest.sampling, **sampling))
     label = (
         f"N={bundle.candidates} "
         f"{'System 2 + System 1' if settings.system1_enabled else 'System 2 only'}"
+        + (f" θ1={args.s1_theta:g}" if sampling else "")
     )
     with _progress(err) as progress:
         task = progress.add_task(f"eval {label}", total=len(seeds), info="")
@@ -299,6 +307,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             settings,
             workers=args.workers,
             record_every=args.sheet_every if args.sheet else 0,
+            sampling=sampling,
             on_episode=tick,
         )
     summary = summarize(results)
@@ -306,6 +315,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "bundle": str(args.bundle),
         "configuration": label,
         "candidates": bundle.candidates,
+        "sampling": msgspec.to_builtins(
+            msgspec.structs.replace(bundle.manifest.sampling, **sampling)
+        ),
         "seeds": [seeds[0], seeds[-1]],
         "settings": settings_record(settings),
         "summary": summary,
@@ -398,6 +410,9 @@ def register(sub, add, group) -> None:
     p.add_argument("--config", metavar="PATH", help="runtime TOML (rates, System 1, limits)")
     p.add_argument("--system1", choices=("on", "off"), help="override policy.system1_enabled")
     p.add_argument("--timeout", type=float, metavar="S", help="episode timeout (default 8 s)")
+    p.add_argument(
+        "--s1-theta", type=float, metavar="θ1", help="System 1 re-noise level (default: bundle's)"
+    )
     p.add_argument("--workers", type=int, default=2, metavar="W", help="processes")
     p.add_argument("--json", metavar="PATH", help="write the JSON report here")
     p.add_argument("--sheet", metavar="PNG", help="write a contact sheet of the scene camera")

@@ -185,6 +185,7 @@ def run_episode(
     trip = safety.reset(state.q, state.gripper)
     result = EpisodeResult(episode, Outcome.RUNNING, 0.0)
     if trip is not Trip.NONE:
+        robot.close()
         result.outcome, result.trip = Outcome.TRIP, trip.label
         return result
     committed = CommittedTrajectory()
@@ -254,8 +255,11 @@ def run_episode(
                 latency = _latency(s.system1_latency_s, begin)
                 if refined is not None:
                     result.reactions += 1
-                    times = anchor_t + (step + np.arange(len(refined))) * step_period_s
-                    pending.append(_Pending(t + latency, times, refined, latency))
+                    # As the policy process does: the refined rows, then the plan's own tail.
+                    tail = active.chunk[step + len(refined) :]
+                    points = np.concatenate([refined, tail]) if len(tail) else refined
+                    times = anchor_t + (step + np.arange(len(points))) * step_period_s
+                    pending.append(_Pending(t + latency, times, points, latency))
             while pending and pending[0].due_s <= t + tick_eps:
                 p = pending.pop(0)
                 committed.stitch(p.times, p.points, t, p.freeze_s, s.crossfade_s)

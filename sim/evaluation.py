@@ -77,6 +77,7 @@ class _Job:
     settings: EpisodeSettings
     choice: str
     record_every: int
+    sampling: tuple[tuple[str, float], ...] = ()
 
 
 _worker_policy: dict[str, Any] = {}
@@ -98,6 +99,8 @@ def _run_job(job: _Job) -> EpisodeResult:
     from edgevla.sim.policy_agent import PolicyAgent
 
     policy = _policy(job.bundle)
+    if job.sampling:
+        policy = policy.with_sampling(**dict(job.sampling))
     step_s = policy.bundle.manifest.action_space.step_period_s
     return run_episode(
         PolicyAgent(policy, job.choice),
@@ -117,10 +120,13 @@ def run_policy_episodes(
     choice: str = "value",
     workers: int = 1,
     record_every: int = 0,
+    sampling: dict[str, float] | None = None,
     on_episode: Callable[[EpisodeResult], None] | None = None,
 ) -> list[EpisodeResult]:
-    """Run the bundle on `seeds` (in order), in `workers` processes."""
-    jobs = [_Job(str(bundle), seed, settings, choice, record_every) for seed in seeds]
+    """Run the bundle on `seeds` (in order), in `workers` processes; `sampling` overrides the
+    bundle's sampling defaults (checked like the bundle's own)."""
+    overrides = tuple(sorted((sampling or {}).items()))
+    jobs = [_Job(str(bundle), seed, settings, choice, record_every, overrides) for seed in seeds]
     results: list[EpisodeResult] = []
     if workers > 1:
         with multiprocessing.get_context("spawn").Pool(workers) as pool:
@@ -178,7 +184,11 @@ def contact_sheet(results: Sequence[EpisodeResult], path: Path, columns: int = 8
     if not rows:
         raise ValueError("no recorded frames: run the episodes with record_every > 0")
     fig, axes = plt.subplots(
-        len(rows), columns, figsize=(1.6 * columns, 1.8 * len(rows)), squeeze=False
+        len(rows),
+        columns,
+        figsize=(1.3 * columns, 1.5 * len(rows)),
+        squeeze=False,
+        gridspec_kw={"wspace": 0.03, "hspace": 0.25},
     )
     for row, result in zip(axes, rows, strict=True):
         picks = np.linspace(0, len(result.frames) - 1, columns).round().astype(int)
@@ -193,7 +203,7 @@ def contact_sheet(results: Sequence[EpisodeResult], path: Path, columns: int = 8
                     fontsize=8,
                     loc="left",
                 )
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.01, right=0.99, top=0.95, bottom=0.01)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -4,8 +4,9 @@ Each call plans from where the arm *is* (measured joints) to where the target cu
 expert recovers from disturbances: demonstrations recorded with perturbed execution (DART) teach
 the policy to come back to the path rather than only to follow it.
 
-The path: close the gripper into a pointer, move the fingertips to a hover point above the cube
-(straight line, speed-limited, slowing near the goal), then descend until they press on its top.
+The path: close the gripper into a pointer and move the fingertips toward the cube's top along a
+funnel: the height goal falls from hover height to just below the top as the fingertips line up
+with the cube (straight-line steps, speed-limited, slowing near the goal).
 The tool keeps pointing down with the start pose's yaw. Inverse kinematics is damped least squares
 on the runtime's own forward kinematics (the simulator is built from the same DH table), warm
 started from the previous chunk row, so consecutive rows stay on one IK branch.
@@ -30,7 +31,8 @@ class ExpertConfig:
     approach_time_s: float = 0.25  # speed falls off linearly within speed·this of a goal
     hover_above_m: float = 0.06  # fingertips above the cube top before descending
     press_m: float = 0.012  # aim this far below the cube top, so the touch is a contact
-    align_tolerance_m: float = 0.008  # horizontal error below which the descent starts
+    align_tolerance_m: float = 0.01  # within this horizontally, the goal is the press height
+    funnel_slope: float = 2.0  # beyond it, the goal rises 2 cm per cm of horizontal error
     gripper: float = 0.0  # closed: the two fingers form one pointer
 
 
@@ -108,12 +110,18 @@ class TouchExpert:
         return pose[:3, 3] + FINGERTIP_OFFSET_M * pose[:3, 2]
 
     def _goal(self, tip: np.ndarray) -> np.ndarray:
-        horizontal = np.linalg.norm(tip[:2] - self.cube[:2])
-        z = self.press_z if horizontal < self.config.align_tolerance_m else self.hover_z
-        if horizontal >= self.config.align_tolerance_m and tip[2] < self.hover_z:
-            # Below hover height but not above the cube (pushed off, or starting low): rise
-            # while moving across, so the fingers never sweep through a neighbouring cube.
-            z = self.hover_z
+        """Above the cube, at a height that falls as the fingertips line up with it.
+
+        A funnel rather than "hover until aligned, then descend": the height goal is a smooth
+        function of the horizontal error, so a policy that is a centimetre off still comes down
+        (onto the cube's 4 cm top), instead of hovering until it is within a hard threshold no
+        32-pixel image can resolve. Far from the cube the goal stays at hover height, so the
+        fingers never sweep through a neighbouring cube.
+        """
+        c = self.config
+        horizontal = float(np.linalg.norm(tip[:2] - self.cube[:2]))
+        lowered = self.press_z + c.funnel_slope * max(0.0, horizontal - c.align_tolerance_m)
+        z = min(self.hover_z, lowered)
         return np.array([self.cube[0], self.cube[1], z])
 
     def _advance(self, tip: np.ndarray) -> np.ndarray:

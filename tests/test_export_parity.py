@@ -302,9 +302,11 @@ def test_fp16_gate_refuses_a_reversed_choice(
 ) -> None:
     """In every plan the value graph scores the best candidate just under the second best.
 
-    Q moves by little more than the top-two margin, so Q's cosine stays above fp16's 0.99
-    (measured 0.998); the robot would still run another candidate. The graph probe of `value`
-    (the first value call of each observation) is left alone, so only the plan can show it.
+    Q moves by little more than the top-two margin. Whether Q's cosine still passes fp16's 0.99
+    depends on the weights' Q spread (0.998 with tiny's earlier 8-pixel patches, 0.62 now), so the
+    choice gate must refuse the plan on its own: the robot would run another candidate. The graph
+    probe of `value` (the first value call of each observation) is left alone, so only the plan
+    can show it.
     """
     calls = itertools.count()
 
@@ -318,7 +320,7 @@ def test_fp16_gate_refuses_a_reversed_choice(
 
     report = _gate(tiny_policy, _Rewriting(fp16_backend, "value", demote_best), tiny_bundle_fp16)
     assert all(o.passed for g in report.graphs.values() for o in g.values())
-    assert report.plan["candidates"].passed and report.plan["q"].cosine > 0.99
+    assert report.plan["candidates"].passed
     assert not report.passed and not report.choice.passed
     assert report.choice.decisive >= 1 and report.choice.agreement == 0.0
     lines = "\n".join(failures(report))

@@ -245,3 +245,19 @@ def test_the_run_task_monitor_judges_the_published_world_state(
     # The first outcome latches: a later state does not change it.
     assert monitor.poll(lambda out: out.__setitem__(slice(None), untouched), 2.0) is expected
     assert monitor.report()["t_s"] == 1.25
+
+
+class _IdentityReflex(ExpertAgent):
+    """System 1 that returns the plan's own rows: the System 1 path must then act like System 2."""
+
+    def react(self, plan, step: int, obs, t_s: float) -> np.ndarray:
+        rows = np.minimum(np.arange(step, step + 4), len(plan.chunk) - 1)
+        return plan.chunk[rows]
+
+
+def test_the_system1_path_commits_the_refined_rows_and_the_plan_tail() -> None:
+    settings = dataclasses.replace(EXPERT, system1_enabled=True)
+    for seed in (0, 1, 2):
+        result = run_episode(_IdentityReflex(8, STEP_S), touch_episode(seed), settings, STEP_S)
+        assert result.outcome is Outcome.SUCCESS, result.summary()
+        assert result.reactions > 5 * result.plans
