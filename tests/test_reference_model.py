@@ -169,10 +169,15 @@ def test_checkpoint_tokenizer_must_fit_the_vocabulary(tmp_path) -> None:
 
 
 def _square_at(cfg: ModelConfig, row: int, col: int) -> torch.Tensor:
-    """Grey frames with one red square covering exactly patch (row, col) on every camera."""
+    """Grey frames with one red 8-pixel square starting at patch (row, col), on every camera.
+
+    The square spans whole patches (one 8-pixel patch, or 2 × 2 patches of 4 pixels), so moving
+    it by whole patches keeps the mean tile the same.
+    """
     s, p = cfg.image_size, cfg.patch_size
+    size = max(p, 8)
     images = torch.full((1, cfg.num_cameras, s, s, 3), 120, dtype=torch.uint8)
-    images[0, :, row * p : (row + 1) * p, col * p : (col + 1) * p] = torch.tensor(
+    images[0, :, row * p : row * p + size, col * p : col * p + size] = torch.tensor(
         [200, 40, 40], dtype=torch.uint8
     )
     return images
@@ -184,8 +189,9 @@ def test_system1_sees_where_an_object_is(seed: int) -> None:
 
     A per-camera mean of linear patch embeddings is the embedding of the mean tile, which a
     whole-patch move leaves unchanged (measured with that design: relative change 1.7e-7, float
-    rounding). With per-patch tokens the move changes the output by a sizeable fraction of what
-    removing the square does (measured: 0.2-0.4).
+    rounding). With per-patch tokens the move changes the output by a fraction of what removing
+    the square does that is orders of magnitude above rounding (measured, untrained: 0.2-0.4 with
+    8-pixel patches, 0.06-0.13 with tiny's 4-pixel patches).
     """
     cfg = get_config("tiny")
     model = build_model(cfg, seed)
@@ -201,7 +207,7 @@ def test_system1_sees_where_an_object_is(seed: int) -> None:
     moved = float((here - there).norm() / here.norm())
     removed = float((here - gone).norm() / here.norm())
     assert moved > 1e-3
-    assert moved > 0.1 * removed
+    assert moved > 0.03 * removed
 
     base = get_config("tiny").to_dict()
     with pytest.raises(ConfigError, match="multiple of patch_size"):

@@ -34,8 +34,8 @@ from edgevla.sim.tasks import (
     touch_episode,
     touch_target,
 )
-from edgevla.sim.world import SimWorld
 from edgevla.sim.value_rollouts import label_returns
+from edgevla.sim.world import SimWorld
 
 STEP_S = 0.05
 EXPERT = EpisodeSettings(system1_enabled=False)
@@ -222,8 +222,8 @@ def test_touch_instructions_name_their_target() -> None:
     assert touch_target("touch the red or blue cube") is None
 
 
-def _cube_at_fingertips(world: SimWorld, colour: str) -> np.ndarray:
-    """The world's qpos with the `colour` cube pushed up against the palm (5 cm under the flange)."""
+def _cube_against_palm(world: SimWorld, colour: str) -> np.ndarray:
+    """The world's qpos with the `colour` cube pushed up against the palm, under the flange."""
     qpos = world.data.qpos.copy()
     adr = world.cube_qpos[colour]
     qpos[adr : adr + 3] = world.flange_position() + np.array([0.0, 0.0, -0.065])
@@ -237,7 +237,7 @@ def test_the_run_task_monitor_judges_the_published_world_state(
     moved: str, expected: Outcome
 ) -> None:
     source = SimWorld(seed=0)
-    qpos = _cube_at_fingertips(source, moved)
+    qpos = _cube_against_palm(source, moved)
     monitor = TaskMonitor(SimWorld(seed=0), "red", "touch the red cube")
     untouched = source.data.qpos.copy()
     assert monitor.poll(lambda out: out.__setitem__(slice(None), untouched), 0.5) is Outcome.RUNNING
