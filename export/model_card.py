@@ -84,11 +84,7 @@ def write_model_card(
         + _table(
             {
                 **{f"BC final {k}": v for k, v in (bc.get("final") or {}).items() if k != "lr"},
-                **{
-                    f"BC held-out {k}": v
-                    for k, v in (bc.get("val") or {}).items()
-                    if k != "step"
-                },
+                **{f"BC held-out {k}": v for k, v in (bc.get("val") or {}).items() if k != "step"},
                 "value held-out Spearman": value_metrics["held_out"].get("spearman"),
                 "value held-out Pearson": value_metrics["held_out"].get("pearson"),
                 "value held-out MSE (min of critics)": value_metrics["held_out"].get("min_mse"),
