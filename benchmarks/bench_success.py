@@ -83,9 +83,7 @@ def main() -> int:
         for n in sorted({n for n, _ in CONFIGS.values()}):
             bundles[n] = Path(tmp) / f"n{n}"
             console.print(f"exporting {args.checkpoint} with N={n}")
-            export_in_child(
-                "", bundles[n], "--candidates", str(n), checkpoint=Path(args.checkpoint)
-            )
+            export_in_child(Path(args.checkpoint), bundles[n], "--candidates", str(n))
         for name, (n, s1) in CONFIGS.items():
             settings = replace(base, system1_enabled=s1)
             start = time.perf_counter()

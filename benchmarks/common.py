@@ -26,9 +26,9 @@ def machine() -> dict[str, object]:
     return {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform()}
 
 
-def export_in_child(config: str, out: Path, *flags: str, checkpoint: Path | None = None) -> None:
-    """`edgevla export --config CONFIG --out OUT FLAGS` in a child process, as a user runs it
-    (`--checkpoint CHECKPOINT` instead of `--config` when a checkpoint is given).
+def export_in_child(source: str | Path, out: Path, *flags: str) -> None:
+    """`edgevla export --config SOURCE --out OUT FLAGS` in a child process, as a user runs it;
+    a `Path` source is a checkpoint directory (`--checkpoint SOURCE`).
 
     The benchmark process then starts without onnxruntime's shared thread pool (it may time
     per-session pools) and without the exporter's memory.
@@ -39,7 +39,7 @@ def export_in_child(config: str, out: Path, *flags: str, checkpoint: Path | None
             "-m",
             "edgevla.cli",
             "export",
-            *(["--checkpoint", str(checkpoint)] if checkpoint else ["--config", config]),
+            *(["--checkpoint", str(source)] if isinstance(source, Path) else ["--config", source]),
             "--out",
             str(out),
             "--parity-observations",

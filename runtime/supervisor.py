@@ -75,6 +75,7 @@ class Supervisor:
         self._policy_exit: int | None = None
         self.injected: list[dict[str, Any]] = []
         self.task = self._task_monitor()
+        self._world_lock = SeqLock(self.blocks["world"])
 
     def _task_monitor(self):  # -> sim.tasks.TaskMonitor | None
         """On the simulated robot, judge the task the instruction names (touch the X cube)."""
@@ -95,7 +96,7 @@ class Supervisor:
         def copy() -> None:
             out[:] = world.qpos
 
-        SeqLock(world).read(copy)
+        self._world_lock.read(copy)
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -53,10 +53,8 @@ def _one_episode(args: tuple[int, DemoSettings]) -> _Episode:
     clean = rng.random() < d.clean_fraction
     offset = np.zeros(7, dtype=np.float32)
     kick = d.noise_rad * np.sqrt(1.0 - d.noise_correlation**2)
-    rows: list[PlanEvent] = []
 
     def perturb(event: PlanEvent) -> np.ndarray | None:
-        rows.append(event)
         if clean:
             return None
         offset[:6] *= d.noise_correlation
@@ -75,8 +73,10 @@ def _one_episode(args: tuple[int, DemoSettings]) -> _Episode:
         episode,
         settings,
         d.step_period_s,
+        keep_events=True,  # the events hold the clean chunks: the labels
         on_plan=perturb,
     )
+    rows = result.events
     return _Episode(
         seed=seed,
         success=result.success,

@@ -71,45 +71,53 @@ def settings_from_runtime(config: RuntimeConfig, image_size: int) -> EpisodeSett
 
 
 @dataclass(frozen=True)
-class _Job:
+class _RunSpec:
+    """What every episode of one evaluation shares (picklable, sent once to each worker)."""
+
     bundle: str
-    seed: int
     settings: EpisodeSettings
     choice: str
     record_every: int
     sampling: tuple[tuple[str, float], ...] = ()
 
 
-_worker_policy: dict[str, Any] = {}
+class _Runner:
+    """One loaded policy (sampling overrides applied once) running episodes by seed."""
 
+    def __init__(self, spec: _RunSpec) -> None:
+        from edgevla.runtime.backend import BackendConfig
+        from edgevla.runtime.policy import DualSystemPolicy
 
-def _policy(bundle: str):  # -> DualSystemPolicy, one per worker process and bundle
-    from edgevla.runtime.backend import BackendConfig
-    from edgevla.runtime.policy import DualSystemPolicy
+        # One inference thread: the worker processes are the parallelism.
+        policy = DualSystemPolicy.from_dir(spec.bundle, BackendConfig(intra_op_threads=1))
+        self.policy = policy.with_sampling(**dict(spec.sampling)) if spec.sampling else policy
+        self.spec = spec
 
-    if bundle not in _worker_policy:
-        # One thread per worker: the workers are the parallelism.
-        _worker_policy[bundle] = DualSystemPolicy.from_dir(
-            bundle, BackendConfig(intra_op_threads=1)
+    def __call__(self, seed: int) -> EpisodeResult:
+        from edgevla.sim.policy_agent import PolicyAgent
+
+        spec = self.spec
+        return run_episode(
+            PolicyAgent(self.policy, spec.choice),
+            touch_episode(seed),
+            spec.settings,
+            self.policy.bundle.manifest.action_space.step_period_s,
+            keep_events=spec.choice == "random",
+            record_every=spec.record_every,
         )
-    return _worker_policy[bundle]
 
 
-def _run_job(job: _Job) -> EpisodeResult:
-    from edgevla.sim.policy_agent import PolicyAgent
+_worker_runner: _Runner | None = None  # set in pool worker processes only
 
-    policy = _policy(job.bundle)
-    if job.sampling:
-        policy = policy.with_sampling(**dict(job.sampling))
-    step_s = policy.bundle.manifest.action_space.step_period_s
-    return run_episode(
-        PolicyAgent(policy, job.choice),
-        touch_episode(job.seed),
-        job.settings,
-        step_s,
-        keep_events=job.choice == "random",
-        record_every=job.record_every,
-    )
+
+def _init_worker(spec: _RunSpec) -> None:
+    global _worker_runner
+    _worker_runner = _Runner(spec)
+
+
+def _run_in_worker(seed: int) -> EpisodeResult:
+    assert _worker_runner is not None, "pool worker without initializer"
+    return _worker_runner(seed)
 
 
 def run_policy_episodes(
@@ -125,18 +133,21 @@ def run_policy_episodes(
 ) -> list[EpisodeResult]:
     """Run the bundle on `seeds` (in order), in `workers` processes; `sampling` overrides the
     bundle's sampling defaults (checked like the bundle's own)."""
-    overrides = tuple(sorted((sampling or {}).items()))
-    jobs = [_Job(str(bundle), seed, settings, choice, record_every, overrides) for seed in seeds]
+    spec = _RunSpec(
+        str(bundle), settings, choice, record_every, tuple(sorted((sampling or {}).items()))
+    )
     results: list[EpisodeResult] = []
     if workers > 1:
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
-            for result in pool.imap(_run_job, jobs):
+        ctx = multiprocessing.get_context("spawn")
+        with ctx.Pool(workers, initializer=_init_worker, initargs=(spec,)) as pool:
+            for result in pool.imap(_run_in_worker, seeds):
                 results.append(result)
                 if on_episode:
                     on_episode(result)
     else:
-        for job in jobs:
-            results.append(_run_job(job))
+        runner = _Runner(spec)
+        for seed in seeds:
+            results.append(runner(seed))
             if on_episode:
                 on_episode(results[-1])
     return results
