@@ -136,6 +136,16 @@ def cmd_train_policy(args: argparse.Namespace) -> int:
         seed=args.seed,
         image_shift_px=args.image_shift_px,
     )
+    grounding = None
+    if not args.no_grounding:
+        from edgevla.sim.grounding import grounding_labels
+
+        if demos.meta.get("task") != "touch":
+            raise ConfigError(
+                f"grounding labels exist for the touch task only; {args.demos} holds task "
+                f"{demos.meta.get('task')!r} (pass --no-grounding to train without them)"
+            )
+        grounding = grounding_labels(demos, model.patch_size)
     with _progress(err) as progress:
         task = progress.add_task("behaviour cloning", total=cfg.steps, info="")
 
@@ -145,7 +155,7 @@ def cmd_train_policy(args: argparse.Namespace) -> int:
             else:
                 progress.update(task, completed=step, info=_losses_text(losses))
 
-        trained, metrics = train_policy(policy, demos, cfg, tick)
+        trained, metrics = train_policy(policy, demos, cfg, tick, grounding)
     trained.origin["source"] = "edgevla train policy"
     trained.origin["demos"] = str(args.demos)
     trained.origin["behaviour_cloning"]["command"] = _command_line()
@@ -380,6 +390,11 @@ def register(sub, add, group) -> None:
         metavar="PX",
         help="random per-camera image shift (augmentation); at 32 px one pixel is centimetres "
         "on the table, so the default is off",
+    )
+    p.add_argument(
+        "--no-grounding",
+        action="store_true",
+        help="plain behaviour cloning: no probe or token-selector losses (docs/training.md)",
     )
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p = add(

@@ -21,6 +21,7 @@ float32 (the ViT and System 1 LayerNorms run at the weights' precision).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -210,6 +211,18 @@ class TokenSelector(nn.Module):
         return self.score(hidden).squeeze(-1).float()
 
 
+@dataclass
+class PrefixStates:
+    """One prefix pass: the cache the graphs return plus each layer's output for probes."""
+
+    keys: Tensor  # [layers, B, kv, L, hd]
+    values: Tensor
+    mask: Tensor  # [B, L] bool
+    value_summary: Tensor  # [B, d_model] float32
+    token_scores: Tensor  # [B, visual tokens] float32
+    hidden: list[Tensor]  # per layer [B, L, d_model], before the final norm
+
+
 def critic(in_dim: int, hidden: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Linear(in_dim, hidden),
@@ -303,6 +316,13 @@ class DualSystemVLA(nn.Module):
         self, images: Tensor, instruction_ids: Tensor, instruction_mask: Tensor, state: Tensor
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """→ prefix_k, prefix_v [layers, B, kv, L, hd], prefix_mask, value_summary, token_scores."""
+        states = self.prefix_states(images, instruction_ids, instruction_mask, state)
+        return states.keys, states.values, states.mask, states.value_summary, states.token_scores
+
+    def prefix_states(
+        self, images: Tensor, instruction_ids: Tensor, instruction_mask: Tensor, state: Tensor
+    ) -> PrefixStates:
+        """The prefix pass with every layer's output kept (training probes read them)."""
         cfg, dtype = self.cfg, self.dtype
         b = images.shape[0]
         visual = self.vision_proj(self.vision(images))
@@ -313,14 +333,22 @@ class DualSystemVLA(nn.Module):
         tail = torch.ones(b, 2, dtype=torch.bool, device=images.device)
         mask = torch.cat([valid, instruction_mask, tail], dim=1)
         cos, sin = self.rope_cos[: cfg.prefix_len], self.rope_sin[: cfg.prefix_len]
-        ks, vs = [], []
+        ks, vs, hidden = [], [], []
         for layer in self.layers:
             x, k, v = layer(x, cos, sin, mask)
             ks.append(k)
             vs.append(v)
+            hidden.append(x)
         x = self.final_norm(x)
         scores = self.selector(visual, text, instruction_mask)
-        return torch.stack(ks), torch.stack(vs), mask, x[:, -1].float(), scores
+        return PrefixStates(
+            keys=torch.stack(ks),
+            values=torch.stack(vs),
+            mask=mask,
+            value_summary=x[:, -1].float(),
+            token_scores=scores,
+            hidden=hidden,
+        )
 
     def expert_velocity(
         self, prefix_k: Tensor, prefix_v: Tensor, prefix_mask: Tensor, noisy: Tensor, t: Tensor

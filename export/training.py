@@ -9,7 +9,13 @@ demonstrations (`DemoSet`) in one loop with summed losses:
   to θ ~ U(0, θ1] and denoised from the sample's own frame and state, because at run time
   System 1 starts at θ1 and integrates to 0, visiting every t in (0, θ1].
 
-The value head's critics and the token selector are left alone there. `train_value` later fits
+- Grounding (when labels are given, `edgevla.sim.grounding`): a training-only probe asks the
+  output of prefix layer `probe_layer` which visual tokens show the named cube and, from the
+  value-query token, where that cube lies; the token selector learns the same patch labels, so
+  its scores mean "relevant to this instruction". The probe is discarded after training; it only
+  shapes what the prefix cache holds for the action expert to read.
+
+The value head's critics are left alone there. `train_value` later fits
 only the two critics to rollout returns (`ValueSet`), each on its own bootstrap resample, so the
 runtime's min over them is a pessimistic ensemble (Hume).
 
@@ -34,11 +40,12 @@ from torch import Tensor, nn
 
 from edgevla.export.bundle_writer import ExportOptions
 from edgevla.export.checkpoint import ReferencePolicy
-from edgevla.export.reference import DualSystemVLA
+from edgevla.export.reference import DualSystemVLA, PrefixStates
 from edgevla.runtime.errors import InvalidSetting
 from edgevla.runtime.manifest import Normalization
 from edgevla.runtime.tokenizer import InstructionTokenizer
 from edgevla.sim.demos import DemoSet, ValueSet
+from edgevla.sim.grounding import GroundingLabels
 
 # The sampling a bundle ships with by default: training's θ1 and the evaluation's Euler
 # schedules follow it so that what is trained is what the runtime runs.
@@ -70,6 +77,11 @@ class TrainConfig:
     time_sampling: str = "beta"  # "beta": pi0's Beta(1.5, 1) on [0.001, 1]; or "uniform"
     s1_theta: float = RUNTIME_SAMPLING.s1_theta
     s1_loss_weight: float = 1.0
+    # Grounding losses (used when train_policy gets labels). Without them 10k BC steps left the
+    # tiny policy choosing its cube at chance (docs/training.md).
+    grounding_weight: float = 1.0  # patch BCE on the probe and on the token selector
+    locate_weight: float = 1.0  # MSE of the named cube's normalized table position
+    probe_layer: int = 0  # prefix layer whose output is probed; the expert reads the next one
     # Off: the sim's cameras never move, so a shift is label noise when the target's pixel
     # position sets the joints (synthetic two-square task, 4k steps: held-out plan MSE 0.003
     # without, 0.012 with ±2 px).
@@ -113,6 +125,9 @@ class TrainConfig:
             ("time_sampling", self.time_sampling in ("beta", "uniform"), "must be beta|uniform"),
             ("s1_theta", 0.0 < self.s1_theta <= 1.0, "must be in (0, 1]"),
             ("s1_loss_weight", self.s1_loss_weight >= 0.0, "must be >= 0"),
+            ("grounding_weight", self.grounding_weight >= 0.0, "must be >= 0"),
+            ("locate_weight", self.locate_weight >= 0.0, "must be >= 0"),
+            ("probe_layer", self.probe_layer >= 0, "must be >= 0"),
             ("image_shift_px", self.image_shift_px >= 0, "must be >= 0"),
             ("state_noise_std", self.state_noise_std >= 0.0, "must be >= 0"),
             ("val_fraction", 0.0 <= self.val_fraction < 1.0, "must be in [0, 1)"),
@@ -181,21 +196,64 @@ class _Rows:
     mask: Tensor  # bool [N, T]
     state: Tensor  # float32 [N, state_dim], normalized
     actions: Tensor  # float32 [N, H, A], normalized
+    patch_target: Tensor | None = None  # float32 [N, visual tokens] in [0, 1]
+    target_xy: Tensor | None = None  # float32 [N, 2], normalized
 
     def take(self, idx: np.ndarray | Tensor) -> _Rows:
         i = torch.as_tensor(idx, dtype=torch.int64)
-        return _Rows(self.images[i], self.ids[i], self.mask[i], self.state[i], self.actions[i])
+        return _Rows(
+            self.images[i],
+            self.ids[i],
+            self.mask[i],
+            self.state[i],
+            self.actions[i],
+            None if self.patch_target is None else self.patch_target[i],
+            None if self.target_xy is None else self.target_xy[i],
+        )
 
 
-def _rows(policy: ReferencePolicy, data: DemoSet | ValueSet, norm: Normalization) -> _Rows:
+@dataclass(frozen=True)
+class _XYScale:
+    mean: np.ndarray
+    std: np.ndarray
+
+
+class GroundingProbe(nn.Module):
+    """Training-only heads on one prefix layer's output; never exported."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.patch = nn.Linear(width, 1)  # per visual token: shows the named cube?
+        self.locate = nn.Linear(width, 2)  # value-query token: the named cube's (x, y)
+
+
+def _rows(
+    policy: ReferencePolicy,
+    data: DemoSet | ValueSet,
+    norm: Normalization,
+    grounding: GroundingLabels | None = None,
+    xy_scale: _XYScale | None = None,
+) -> _Rows:
     ids, mask = _instruction_tokens(policy, data.instructions, data.instruction_index)
-    return _Rows(
+    rows = _Rows(
         images=torch.from_numpy(np.ascontiguousarray(data.images, dtype=np.uint8)),
         ids=ids,
         mask=mask,
         state=_normalize(data.state, norm.state_mean, norm.state_std),
         actions=_normalize(data.actions, norm.action_mean, norm.action_std),
     )
+    if grounding is not None and xy_scale is not None:
+        visual = policy.config.num_visual_tokens
+        if grounding.patch_target.shape != (len(data), visual):
+            raise InvalidSetting(
+                "grounding",
+                f"patch labels of shape {grounding.patch_target.shape}, the model has "
+                f"{len(data)} rows × {visual} visual tokens",
+            )
+        rows.patch_target = torch.from_numpy(grounding.patch_target.astype(np.float32))
+        xy = (grounding.target_xy - xy_scale.mean) / xy_scale.std
+        rows.target_xy = torch.from_numpy(xy.astype(np.float32))
+    return rows
 
 
 def _split_episodes(
@@ -241,8 +299,35 @@ def _flow_times(n: int, how: str, gen: torch.Generator) -> Tensor:
     return 1e-3 + (1.0 - 1e-3) * u.pow(2.0 / 3.0)
 
 
+# Target patches are ~5 % of the visual tokens; weighting positives 5x keeps the probe from
+# settling on "never".
+_PATCH_POS_WEIGHT = 5.0
+
+
+def _grounding_losses(
+    probe: GroundingProbe, states: PrefixStates, batch: _Rows, layer: int
+) -> dict[str, Tensor]:
+    assert batch.patch_target is not None and batch.target_xy is not None
+    visual = batch.patch_target.shape[1]
+    hidden = states.hidden[layer].float()
+    pos_weight = torch.tensor(_PATCH_POS_WEIGHT)
+    patch_logits = probe.patch(hidden[:, :visual]).squeeze(-1)
+    probe_bce = F.binary_cross_entropy_with_logits(
+        patch_logits, batch.patch_target, pos_weight=pos_weight
+    )
+    selector_bce = F.binary_cross_entropy_with_logits(
+        states.token_scores, batch.patch_target, pos_weight=pos_weight
+    )
+    locate = F.mse_loss(probe.locate(hidden[:, -1]), batch.target_xy)
+    return {"patch": probe_bce, "selector": selector_bce, "locate": locate}
+
+
 def _losses(
-    model: DualSystemVLA, batch: _Rows, cfg: TrainConfig, gen: torch.Generator
+    model: DualSystemVLA,
+    batch: _Rows,
+    cfg: TrainConfig,
+    gen: torch.Generator,
+    probe: GroundingProbe | None = None,
 ) -> dict[str, Tensor]:
     images, state, actions = batch.images, batch.state, batch.actions
     if cfg.image_shift_px > 0:
@@ -251,7 +336,8 @@ def _losses(
         state = state + cfg.state_noise_std * torch.randn(state.shape, generator=gen)
     b = actions.shape[0]
     # System 2: every sample's chunk attends to its own prefix (batch-B cache, N = B).
-    k, v, mask, _, _ = model.encode_prefix(images, batch.ids, batch.mask, state)
+    states = model.prefix_states(images, batch.ids, batch.mask, state)
+    k, v, mask = states.keys, states.values, states.mask
     noise = torch.randn(actions.shape, generator=gen)
     t = _flow_times(b, cfg.time_sampling, gen)
     x_t = t[:, None, None] * noise + (1.0 - t[:, None, None]) * actions
@@ -262,26 +348,61 @@ def _losses(
     theta = cfg.s1_theta * (1.0 - torch.rand(b, generator=gen))
     x_theta = theta[:, None, None] * noise1 + (1.0 - theta[:, None, None]) * slice_
     s1 = F.mse_loss(model.system1_velocity(images, state, x_theta, theta), noise1 - slice_)
-    return {"loss": bc + cfg.s1_loss_weight * s1, "bc": bc, "s1": s1}
+    losses = {"loss": bc + cfg.s1_loss_weight * s1, "bc": bc, "s1": s1}
+    if probe is not None and batch.patch_target is not None:
+        aux = _grounding_losses(probe, states, batch, cfg.probe_layer)
+        losses["loss"] = (
+            losses["loss"]
+            + cfg.grounding_weight * (aux["patch"] + aux["selector"])
+            + cfg.locate_weight * aux["locate"]
+        )
+        losses.update(aux)
+    return losses
 
 
 @torch.no_grad()
-def _evaluate(model: DualSystemVLA, rows: _Rows, batch_size: int, seed: int) -> dict[str, float]:
+def _evaluate(
+    model: DualSystemVLA,
+    rows: _Rows,
+    batch_size: int,
+    seed: int,
+    probe: GroundingProbe | None = None,
+    probe_layer: int = 0,
+    xy_scale: _XYScale | None = None,
+) -> dict[str, float]:
     """Run the runtime's sampling on held-out rows; errors are MSE in normalized units.
 
     `plan_mse`: System 2's chunk from pure noise at start_time_max (the first candidate), Euler
     denoise_steps, against the expert chunk. `plan_slice_mse` / `s1_mse`: the plan's first
     s1_horizon rows before / after System 1 re-noises them to θ1 and denoises in s1_steps.
     The same seed every time keeps scores comparable across the run.
+
+    With grounding labels and the probe: `locate_cm`, the probe's mean error in placing the named
+    cube (centimetres on the table), and `selector_hit`, how often the token selector's top token
+    shows the named cube.
     """
     s, h1 = RUNTIME_SAMPLING, model.cfg.s1_horizon
     gen = torch.Generator().manual_seed(seed)
     sums = {"plan_mse": 0.0, "plan_slice_mse": 0.0, "s1_mse": 0.0}
+    grounded = probe is not None and rows.target_xy is not None and xy_scale is not None
+    if grounded:
+        sums.update(locate_cm=0.0, selector_hit=0.0)
     n = rows.actions.shape[0]
     for start in range(0, n, batch_size):
         batch = rows.take(np.arange(start, min(n, start + batch_size)))
         b = batch.actions.shape[0]
-        k, v, mask, _, _ = model.encode_prefix(batch.images, batch.ids, batch.mask, batch.state)
+        states = model.prefix_states(batch.images, batch.ids, batch.mask, batch.state)
+        k, v, mask = states.keys, states.values, states.mask
+        if grounded:
+            assert probe is not None and xy_scale is not None
+            assert batch.target_xy is not None and batch.patch_target is not None
+            scale = torch.from_numpy(xy_scale.std.astype(np.float32))
+            guess = probe.locate(states.hidden[probe_layer][:, -1].float())
+            error_m = ((guess - batch.target_xy) * scale).norm(dim=-1)
+            sums["locate_cm"] += 100.0 * error_m.sum().item()
+            top = states.token_scores.argmax(dim=-1)
+            hits = batch.patch_target.gather(1, top[:, None]).squeeze(1) > 0
+            sums["selector_hit"] += hits.float().sum().item()
         x = torch.randn(batch.actions.shape, generator=gen)
         for i in range(s.denoise_steps):
             t = torch.full((b,), s.start_time_max * (1.0 - i / s.denoise_steps))
@@ -301,13 +422,19 @@ def _evaluate(model: DualSystemVLA, rows: _Rows, batch_size: int, seed: int) -> 
     return {key: value / n for key, value in sums.items()}
 
 
-def _param_groups(model: DualSystemVLA, weight_decay: float) -> list[dict[str, object]]:
-    """Decay Linear weights only; leave out the critics (trained from rollouts later) and the
-    token selector (its scores feed no loss here)."""
-    frozen = {id(p) for m in (model.critics, model.selector) for p in m.parameters()}
-    linear = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear)}
+def _param_groups(
+    model: DualSystemVLA, weight_decay: float, train_selector: bool, extra: list[nn.Module]
+) -> list[dict[str, object]]:
+    """Decay Linear weights only; leave out the critics (trained from rollouts later) and, when
+    no grounding labels give it a loss, the token selector. `extra`: training-only heads."""
+    frozen_modules = [model.critics] if train_selector else [model.critics, model.selector]
+    frozen = {id(p) for m in frozen_modules for p in m.parameters()}
+    params = [*model.parameters(), *(p for m in extra for p in m.parameters())]
+    linear = {
+        id(m.weight) for root in (model, *extra) for m in root.modules() if isinstance(m, nn.Linear)
+    }
     decay, no_decay = [], []
-    for p in model.parameters():
+    for p in params:
         if id(p) in frozen:
             continue
         (decay if id(p) in linear else no_decay).append(p)
@@ -337,8 +464,12 @@ def train_policy(
     demos: DemoSet,
     cfg: TrainConfig = TrainConfig(),
     on_progress: ProgressFn | None = None,
+    grounding: GroundingLabels | None = None,
 ) -> tuple[ReferencePolicy, dict[str, object]]:
     """Behaviour-clone prefix, action expert and System 1 on `demos`.
+
+    `grounding`: labels aligned with `demos` (`edgevla.sim.grounding.grounding_labels`); with
+    them the grounding losses join the sum and the token selector is trained.
 
     Returns a new policy (trained copy of the weights, the demos' normalization, `origin`
     noting the run) and metrics. `on_progress(step, total, losses)` is called every
@@ -351,7 +482,20 @@ def train_policy(
     started = time.perf_counter()
     norm = normalization_from_demos(demos)
     model = copy.deepcopy(policy.model).float()
-    rows = _rows(policy, demos, norm)
+    if grounding is not None and cfg.probe_layer >= model.cfg.n_layers:
+        raise InvalidSetting(
+            "TrainConfig.probe_layer",
+            f"{cfg.probe_layer} but the prefix has {model.cfg.n_layers} layers",
+        )
+    xy_scale = None
+    probe = None
+    if grounding is not None:
+        xy = np.asarray(grounding.target_xy, np.float64)
+        xy_scale = _XYScale(xy.mean(0), np.maximum(xy.std(0), 1e-3))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed + 0x9E0)
+            probe = GroundingProbe(model.cfg.d_model)
+    rows = _rows(policy, demos, norm, grounding, xy_scale)
     rng = np.random.default_rng(cfg.seed)
     train_idx, val_idx = _split_episodes(demos.episode, cfg.val_fraction, rng)
     if len(val_idx) > cfg.eval_samples:
@@ -359,7 +503,8 @@ def train_policy(
     val_rows = rows.take(val_idx) if len(val_idx) else None
     batches = _Batches(train_idx, cfg.batch_size, rng)
     gen = torch.Generator().manual_seed(cfg.seed)
-    groups = _param_groups(model, cfg.weight_decay)
+    extra = [probe] if probe is not None else []
+    groups = _param_groups(model, cfg.weight_decay, probe is not None, extra)
     params = [p for g in groups for p in g["params"]]  # type: ignore[attr-defined]
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
 
@@ -371,7 +516,7 @@ def train_policy(
         lr = learning_rate(step, cfg.steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
         for group in opt.param_groups:
             group["lr"] = lr
-        losses = _losses(model, rows.take(batches.next()), cfg, gen)
+        losses = _losses(model, rows.take(batches.next()), cfg, gen, probe)
         opt.zero_grad(set_to_none=True)
         losses["loss"].backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -388,7 +533,9 @@ def train_policy(
                 on_progress(done, cfg.steps, report)
         if val_rows is not None and (done % cfg.eval_interval == 0 or done == cfg.steps):
             model.eval()
-            scores = _evaluate(model, val_rows, cfg.batch_size, cfg.seed + 1)
+            scores = _evaluate(
+                model, val_rows, cfg.batch_size, cfg.seed + 1, probe, cfg.probe_layer, xy_scale
+            )
             model.train()
             val_history.append({"step": done, **scores})
             if on_progress is not None:
@@ -402,6 +549,7 @@ def train_policy(
         "train_samples": len(train_idx),
         "val_samples": len(val_idx),
         "episodes": len(np.unique(demos.episode)),
+        "grounding": grounding is not None,
         "wall_time_s": wall,
         "steps_per_s": cfg.steps / wall,
         "first": {k: v for k, v in history[0].items() if k != "step"},
@@ -416,6 +564,7 @@ def train_policy(
             "samples": len(demos),
             "episodes": metrics["episodes"],
             "instructions": list(demos.instructions),
+            "grounding": grounding is not None,
             "final": metrics["final"],
             "val": metrics["val"],
             "config": dataclasses.asdict(cfg),
