@@ -282,7 +282,7 @@ def _print_report(report: dict) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     from edgevla.demo import run_demo
 
-    return run_demo(Path(args.out), seed=args.seed, instruction=args.instruction, console=out)
+    return run_demo(Path(args.bundle), seed=args.seed, instruction=args.instruction, console=out)
 
 
 # ----------------------------------------------------------------------------- parser
@@ -377,9 +377,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     register(sub, add, group)
 
-    p = add("demo", cmd_demo, "export the tiny model, then plan and react from the bundle")
-    p.add_argument("--out", default="out/demo-bundle", metavar="DIR")
-    p.add_argument("--seed", type=int, default=0)
+    p = add(
+        "demo",
+        cmd_demo,
+        "one plan and System 1's refinement, step by step, on a held-out simulated frame",
+    )
+    p.add_argument("--bundle", default="out/demo-bundle", metavar="DIR")
+    p.add_argument("--seed", type=int, default=0, help="held-out episode (offset)")
     p.add_argument("--instruction", default="touch the red cube")
     return parser
 

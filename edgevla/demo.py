@@ -1,7 +1,9 @@
-"""`make demo` for now: export the tiny reference model, then plan and react from the bundle.
+"""`edgevla demo`: one System 2 plan and System 1's refinement, step by step, from a bundle.
 
-The runtime half (load, plan, react) is the code the robot runs; the simulated robot arrives
-with the runtime issue and replaces the synthetic observation used here.
+It shows what the runtime computes on one observation — the candidates with their Q values, the
+chosen one, System 1's corrections and the timings — on the first frame of a held-out episode of
+the simulated touch task. `make demo` exports the trained checkpoint to the default bundle and
+runs the whole runtime; this is the close-up.
 """
 
 from __future__ import annotations
@@ -14,48 +16,32 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from edgevla.runtime.errors import BundleFileMissing
 from edgevla.runtime.policy import DualSystemPolicy, Observation
 
-_CUBES = {"red": (200, 40, 40), "green": (40, 170, 60), "blue": (40, 70, 200)}
 
+def first_observation(policy: DualSystemPolicy, instruction: str, seed: int) -> Observation:
+    """Both cameras' first frames and the start state of held-out touch episode `seed`."""
+    from edgevla.sim.camera import start_frames  # the simulator is an optional extra
+    from edgevla.sim.tasks import held_out_seeds, touch_episode
 
-def synthetic_observation(policy: DualSystemPolicy, instruction: str, seed: int) -> Observation:
-    """Grey table, three coloured squares per camera, the arm at its home pose."""
-    cfg = policy.bundle.model
-    rng = np.random.default_rng(seed)
-    s = cfg.image_size
-    images = np.full((cfg.num_cameras, s, s, 3), 120, dtype=np.uint8)
-    size = max(2, s // 8)
-    for cam in range(cfg.num_cameras):
-        for colour in _CUBES.values():
-            y, x = rng.integers(0, s - size, 2)
-            images[cam, y : y + size, x : x + size] = colour
-    state = np.asarray(policy.bundle.manifest.normalization.state_mean, dtype=np.float32)
+    episode = touch_episode(held_out_seeds(seed, 1)[0])
+    images = start_frames(episode, policy.bundle.model.image_size)
+    state = np.asarray([*episode.initial_q, episode.initial_gripper], dtype=np.float32)
     return Observation(images=images, state=state, instruction=instruction)
 
 
-def run_demo(out: Path, seed: int, instruction: str, console: Console) -> int:
-    from edgevla.export.bundle_writer import ExportOptions, export_bundle
-    from edgevla.export.checkpoint import init_policy
-    from edgevla.export.configs import get_config
-
-    with console.status("exporting the tiny reference model") as status:
-        start = time.perf_counter()
-        manifest = export_bundle(
-            init_policy(get_config("tiny"), seed),
-            out,
-            ExportOptions(),
-            overwrite=True,
-            on_progress=status.update,
+def run_demo(bundle: Path, seed: int, instruction: str, console: Console) -> int:
+    if not (bundle / "manifest.json").is_file():
+        raise BundleFileMissing(
+            bundle / "manifest.json",
+            None,
+            "no bundle here: run `make demo`, or `edgevla export --checkpoint "
+            f"checkpoints/touch-tiny --out {bundle}`",
         )
-    console.print(
-        f"exported {out} in {time.perf_counter() - start:.1f} s; parity gate passed "
-        f"(plan max abs err {manifest.parity.plan['candidates'].max_abs_err:.1e})"
-    )
-
-    policy = DualSystemPolicy.from_dir(str(out))
+    policy = DualSystemPolicy.from_dir(str(bundle))
     rng = np.random.default_rng(seed)
-    obs = synthetic_observation(policy, instruction, seed)
+    obs = first_observation(policy, instruction, seed)
     console.print(f"providers {policy.backend.providers}; instruction {instruction!r}")
     console.print(f"tokens: {policy.tokenizer.tokens(instruction)}")
 
@@ -96,8 +82,10 @@ def run_demo(out: Path, seed: int, instruction: str, console: Console) -> int:
         f"System 1 step: median {statistics.median(latencies) * 1e3:.2f} ms over "
         f"{len(latencies)} steps ({sampling.s1_steps} denoising steps from θ1={sampling.s1_theta})"
     )
-    console.print(
-        "[dim]These weights are untrained (seeded initialisation): the numbers show the pipeline, "
-        "not a skill.[/dim]"
-    )
+    origin = policy.bundle.manifest.export_options.get("origin", {})
+    if "behaviour_cloning" not in origin:
+        console.print(
+            "[dim]This bundle's weights are untrained (seeded initialisation): the numbers show "
+            "the pipeline, not a skill.[/dim]"
+        )
     return 0

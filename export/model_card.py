@@ -67,6 +67,14 @@ def write_model_card(
             {
                 "behaviour cloning": "flow matching (pi0 convention) of prefix + action expert; "
                 "System 1 denoising θ-noised expert slices, θ ~ U(0, θ1]",
+                "grounding": (
+                    f"on: which patches show the named cube (BCE on prefix layer "
+                    f"{bc_config.get('probe_layer')}'s output through a training-only probe, and "
+                    f"on the token selector; weight {bc_config.get('grounding_weight')}) and where "
+                    f"it lies (MSE; weight {bc_config.get('locate_weight')})"
+                    if bc.get("grounding")
+                    else "off"
+                ),
                 "steps × batch": f"{bc_config.get('steps')} × {bc_config.get('batch_size')}",
                 "learning rate": f"{bc_config.get('lr')} (warm-up {bc_config.get('warmup_steps')},"
                 " cosine)",

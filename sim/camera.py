@@ -26,6 +26,8 @@ import numpy as np
 
 from edgevla.runtime.devices import CameraTimeout, Frame
 from edgevla.runtime.kinematics import UR5E, RobotModel
+from edgevla.sim.scene import SCENE_CAMERA, WRIST_CAMERA
+from edgevla.sim.tasks import Episode
 from edgevla.sim.world import SimWorld
 
 
@@ -159,3 +161,19 @@ def _require_headless_gl(camera: str) -> None:
             " chose GLFW, which needs a display. Import edgevla.sim before mujoco, or set"
             " MUJOCO_GL=osmesa (CPU) or egl (GPU) in the environment."
         )
+
+
+def start_frames(
+    episode: Episode, image_size: int, cameras: tuple[str, ...] = (SCENE_CAMERA, WRIST_CAMERA)
+) -> np.ndarray:
+    """uint8 [cameras, S, S, 3]: the views at the start of a touch episode, as a policy's first
+    observation sees them (for probes, tests and `edgevla demo`; episodes use `SimCamera`)."""
+    _require_headless_gl(cameras[0])
+    world = SimWorld(seed=episode.scene_seed, image_size=image_size)
+    world.reset(episode.initial_q, episode.initial_gripper)
+    frames = []
+    with mujoco.Renderer(world.model, image_size, image_size) as renderer:
+        for camera in cameras:
+            renderer.update_scene(world.data, camera=camera)
+            frames.append(renderer.render().copy())
+    return np.stack(frames)

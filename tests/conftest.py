@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edgevla.export.bundle_writer import ExportOptions, export_bundle
@@ -42,3 +44,16 @@ def bundle_copy(tiny_bundle: Path, tmp_path: Path) -> Path:
     dest = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, dest)
     return dest
+
+
+def _first_frames(seed: int, size: int) -> np.ndarray:
+    from edgevla.sim.camera import start_frames
+    from edgevla.sim.tasks import touch_episode
+
+    return start_frames(touch_episode(seed), size)
+
+
+@pytest.fixture(scope="session")
+def first_frames() -> Callable[[int, int], np.ndarray]:
+    """`first_frames(seed, size)`: both cameras' views at the start of a touch episode."""
+    return _first_frames

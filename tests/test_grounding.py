@@ -12,7 +12,6 @@ from edgevla.export.configs import get_config
 from edgevla.export.reference import patchify
 from edgevla.export.training import TrainConfig, train_policy
 from edgevla.runtime.errors import InvalidSetting
-from edgevla.sim.camera import _require_headless_gl
 from edgevla.sim.demos import DemoSet
 from edgevla.sim.grounding import (
     colour_mask,
@@ -20,9 +19,8 @@ from edgevla.sim.grounding import (
     instruction_colour,
     patch_fraction,
 )
-from edgevla.sim.scene import CUBE_COLOURS, SCENE_CAMERA, WRIST_CAMERA, cube_layout
+from edgevla.sim.scene import CUBE_COLOURS, cube_layout
 from edgevla.sim.tasks import touch_episode
-from edgevla.sim.world import SimWorld
 
 TINY = get_config("tiny")
 
@@ -67,20 +65,10 @@ def test_instruction_colour_needs_exactly_one_colour_word() -> None:
 
 
 @pytest.fixture(scope="module")
-def rendered() -> tuple[int, np.ndarray]:
+def rendered(first_frames) -> tuple[int, np.ndarray]:
     """One episode's first frames from both cameras, as in a demonstration."""
-    import mujoco  # after edgevla.sim, which picks the headless GL backend
-
-    _require_headless_gl("grounding test")
     seed = 7
-    world = SimWorld(seed=seed, image_size=TINY.image_size)
-    world.reset(touch_episode(seed).initial_q)
-    frames = []
-    with mujoco.Renderer(world.model, TINY.image_size, TINY.image_size) as renderer:
-        for camera in (SCENE_CAMERA, WRIST_CAMERA):
-            renderer.update_scene(world.data, camera=camera)
-            frames.append(renderer.render().copy())
-    return seed, np.stack(frames)
+    return seed, first_frames(seed, TINY.image_size)
 
 
 def test_each_cube_is_found_apart_in_the_scene_camera(rendered) -> None:

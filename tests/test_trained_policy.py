@@ -29,6 +29,7 @@ def test_the_committed_checkpoint_is_small_documented_and_trained() -> None:
         assert heading in card
     origin = json.loads((CHECKPOINT / "config.json").read_text())["origin"]
     assert "behaviour_cloning" in origin and "value_training" in origin
+    assert origin["behaviour_cloning"]["grounding"] is True
     # Trained statistics, not the placeholder centred on home with 0.6 rad spread.
     assert load_checkpoint(CHECKPOINT).normalization.action_std[0] != 0.6
 
@@ -56,3 +57,37 @@ def test_a_two_episode_evaluation_runs_from_the_command_line(
     )
     assert result["settings"]["system1_enabled"] is True
     assert sheet.stat().st_size > 10_000
+
+
+def test_the_exported_policy_reads_the_colour_word(trained_bundle: Path, first_frames) -> None:
+    """On held-out first frames, the bundle's token selector picks a patch of the cube the
+    instruction names, for every colour: the prefix graph reads the instruction. (The previous
+    checkpoint, trained without grounding, hit the named cube in 1 of these 9 cases.)"""
+    import numpy as np
+
+    from edgevla.runtime.policy import DualSystemPolicy, Observation
+    from edgevla.sim.grounding import colour_mask, patch_fraction
+    from edgevla.sim.scene import CUBE_COLOURS
+    from edgevla.sim.tasks import HELD_OUT_SEED_BASE
+
+    policy = DualSystemPolicy.from_dir(trained_bundle)
+    cfg = policy.bundle.model
+    state = np.zeros(cfg.state_dim, np.float32)
+    for seed in range(HELD_OUT_SEED_BASE, HELD_OUT_SEED_BASE + 3):
+        frames = first_frames(seed, cfg.image_size)
+        for colour in CUBE_COLOURS:
+            obs = Observation(frames, state, f"touch the {colour} cube")
+            plan = policy.plan(obs, np.random.default_rng(0))
+            top = int(np.argmax(plan.result.token_scores))
+            labels = patch_fraction(colour_mask(frames, colour), cfg.patch_size).reshape(-1)
+            assert labels[top] > 0, (seed, colour, top, np.flatnonzero(labels))
+
+
+def test_demo_walks_through_one_plan_and_names_a_missing_bundle(
+    trained_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["demo", "--bundle", str(trained_bundle)]) == 0
+    shown = capsys.readouterr().out
+    assert "← chosen" in shown and "System 1" in shown and "untrained" not in shown
+    assert main(["demo", "--bundle", str(tmp_path / "none")]) == 1
+    assert "make demo" in capsys.readouterr().err
