@@ -164,3 +164,39 @@ def test_grounding_refuses_labels_of_another_shape_and_a_probe_past_the_last_lay
     deep = TrainConfig(steps=1, batch_size=4, warmup_steps=0, eval_samples=4, probe_layer=2)
     with pytest.raises(InvalidSetting, match="probe_layer"):
         train_policy(init_policy(TINY, 1), demos, deep, grounding=labels)
+
+
+def test_train_policy_command_grounds_touch_demos_and_refuses_other_tasks(
+    rendered, tmp_path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`edgevla train policy` end to end on two rows: grounding on for touch demonstrations;
+    another task is refused with the flag that trains without it."""
+    from edgevla.cli import main
+    from edgevla.export.checkpoint import load_checkpoint
+    from edgevla.sim.demos import save_demos
+
+    seed, frames = rendered
+    rng = np.random.default_rng(0)
+    demos = DemoSet(
+        images=np.stack([frames] * 4),
+        state=rng.normal(0, 0.1, (4, 7)).astype(np.float32),
+        actions=rng.normal(0, 0.1, (4, TINY.chunk_len, 7)).astype(np.float32),
+        instruction_index=np.array([0, 1, 2, 0], np.int16),
+        episode=np.array([seed, seed, seed + 1, seed + 1], np.int32),
+        step=np.zeros(4, np.int32),
+        instructions=[f"touch the {c} cube" for c in CUBE_COLOURS],
+        step_period_s=0.05,
+        meta={"task": "touch"},
+    )
+    save_demos(demos, tmp_path / "touch")
+    args = ["train", "policy", "--steps", "2", "--batch-size", "2", "--threads", "1"]
+    assert main([*args, "--demos", str(tmp_path / "touch"), "--out", str(tmp_path / "ck")]) == 0
+    assert load_checkpoint(tmp_path / "ck").origin["behaviour_cloning"]["grounding"] is True
+
+    demos.meta = {"task": "stack"}
+    save_demos(demos, tmp_path / "stack")
+    other = [*args, "--demos", str(tmp_path / "stack"), "--out", str(tmp_path / "ck2")]
+    assert main(other) == 1
+    assert "--no-grounding" in capsys.readouterr().err
+    assert main([*other, "--no-grounding"]) == 0
+    assert load_checkpoint(tmp_path / "ck2").origin["behaviour_cloning"]["grounding"] is False
