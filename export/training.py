@@ -201,7 +201,7 @@ class _Rows:
     state: Tensor  # float32 [N, state_dim], normalized
     actions: Tensor  # float32 [N, H, A], normalized
     patch_target: Tensor | None = None  # float32 [N, visual tokens] in [0, 1]
-    target_xy: Tensor | None = None  # float32 [N, 2], normalized
+    target_xy: Tensor | None = None  # float32 [N, 2], metres on the table
 
     def take(self, idx: np.ndarray | Tensor) -> _Rows:
         i = torch.as_tensor(idx, dtype=torch.int64)
@@ -216,19 +216,28 @@ class _Rows:
         )
 
 
-@dataclass(frozen=True)
-class _XYScale:
-    mean: np.ndarray
-    std: np.ndarray
-
-
 class GroundingProbe(nn.Module):
-    """Training-only heads on one prefix layer's output; never exported."""
+    """Training-only heads on one prefix layer's output; never exported.
 
-    def __init__(self, width: int) -> None:
+    The position head regresses the named cube's (x, y) standardised by the labels' own mean and
+    spread (kept as buffers), so its loss is scale-free and `locate_m` answers in metres.
+    """
+
+    def __init__(self, width: int, target_xy: np.ndarray) -> None:
         super().__init__()
         self.patch = nn.Linear(width, 1)  # per visual token: shows the named cube?
         self.locate = nn.Linear(width, 2)  # value-query token: the named cube's (x, y)
+        # float64 statistics and standardisation, as numpy computes them (runs stay repeatable).
+        xy = torch.as_tensor(np.asarray(target_xy, np.float64))
+        self.register_buffer("xy_mean", xy.mean(0))
+        self.register_buffer("xy_std", xy.std(0, unbiased=False).clamp(min=1e-3))
+
+    def locate_loss(self, query: Tensor, target_xy: Tensor) -> Tensor:
+        standard = ((target_xy.double() - self.xy_mean) / self.xy_std).float()
+        return F.mse_loss(self.locate(query), standard)
+
+    def locate_m(self, query: Tensor) -> Tensor:
+        return self.locate(query).double() * self.xy_std + self.xy_mean
 
 
 def _rows(
@@ -236,7 +245,6 @@ def _rows(
     data: DemoSet | ValueSet,
     norm: Normalization,
     grounding: GroundingLabels | None = None,
-    xy_scale: _XYScale | None = None,
 ) -> _Rows:
     ids, mask = _instruction_tokens(policy, data.instructions, data.instruction_index)
     rows = _Rows(
@@ -246,7 +254,7 @@ def _rows(
         state=_normalize(data.state, norm.state_mean, norm.state_std),
         actions=_normalize(data.actions, norm.action_mean, norm.action_std),
     )
-    if grounding is not None and xy_scale is not None:
+    if grounding is not None:
         visual = policy.config.num_visual_tokens
         if grounding.patch_target.shape != (len(data), visual):
             raise InvalidSetting(
@@ -255,8 +263,7 @@ def _rows(
                 f"{len(data)} rows × {visual} visual tokens",
             )
         rows.patch_target = torch.from_numpy(grounding.patch_target.astype(np.float32))
-        xy = (grounding.target_xy - xy_scale.mean) / xy_scale.std
-        rows.target_xy = torch.from_numpy(xy.astype(np.float32))
+        rows.target_xy = torch.from_numpy(grounding.target_xy.astype(np.float32))
     return rows
 
 
@@ -322,7 +329,7 @@ def _grounding_losses(
     selector_bce = F.binary_cross_entropy_with_logits(
         states.token_scores, batch.patch_target, pos_weight=pos_weight
     )
-    locate = F.mse_loss(probe.locate(hidden[:, -1]), batch.target_xy)
+    locate = probe.locate_loss(hidden[:, -1], batch.target_xy)
     return {"patch": probe_bce, "selector": selector_bce, "locate": locate}
 
 
@@ -372,7 +379,6 @@ def _evaluate(
     seed: int,
     probe: GroundingProbe | None = None,
     probe_layer: int = 0,
-    xy_scale: _XYScale | None = None,
 ) -> dict[str, float]:
     """Run the runtime's sampling on held-out rows; errors are MSE in normalized units.
 
@@ -388,7 +394,7 @@ def _evaluate(
     s, h1 = RUNTIME_SAMPLING, model.cfg.s1_horizon
     gen = torch.Generator().manual_seed(seed)
     sums = {"plan_mse": 0.0, "plan_slice_mse": 0.0, "s1_mse": 0.0}
-    grounded = probe is not None and rows.target_xy is not None and xy_scale is not None
+    grounded = probe is not None and rows.target_xy is not None
     if grounded:
         sums.update(locate_cm=0.0, selector_hit=0.0)
     n = rows.actions.shape[0]
@@ -398,11 +404,10 @@ def _evaluate(
         states = model.prefix_states(batch.images, batch.ids, batch.mask, batch.state)
         k, v, mask = states.keys, states.values, states.mask
         if grounded:
-            assert probe is not None and xy_scale is not None
+            assert probe is not None
             assert batch.target_xy is not None and batch.patch_target is not None
-            scale = torch.from_numpy(xy_scale.std.astype(np.float32))
-            guess = probe.locate(states.hidden[probe_layer][:, -1].float())
-            error_m = ((guess - batch.target_xy) * scale).norm(dim=-1)
+            guess = probe.locate_m(states.hidden[probe_layer][:, -1].float())
+            error_m = (guess - batch.target_xy.double()).norm(dim=-1)
             sums["locate_cm"] += 100.0 * error_m.sum().item()
             top = states.token_scores.argmax(dim=-1)
             hits = batch.patch_target.gather(1, top[:, None]).squeeze(1) > 0
@@ -427,16 +432,15 @@ def _evaluate(
 
 
 def _param_groups(
-    model: DualSystemVLA, weight_decay: float, train_selector: bool, extra: list[nn.Module]
+    model: DualSystemVLA, weight_decay: float, probe: GroundingProbe | None
 ) -> list[dict[str, object]]:
     """Decay Linear weights only; leave out the critics (trained from rollouts later) and, when
-    no grounding labels give it a loss, the token selector. `extra`: training-only heads."""
-    frozen_modules = [model.critics] if train_selector else [model.critics, model.selector]
+    there is no grounding probe (so no loss reaches its scores), the token selector."""
+    frozen_modules = [model.critics] if probe is not None else [model.critics, model.selector]
     frozen = {id(p) for m in frozen_modules for p in m.parameters()}
-    params = [*model.parameters(), *(p for m in extra for p in m.parameters())]
-    linear = {
-        id(m.weight) for root in (model, *extra) for m in root.modules() if isinstance(m, nn.Linear)
-    }
+    roots: list[nn.Module] = [model] if probe is None else [model, probe]
+    params = [p for root in roots for p in root.parameters()]
+    linear = {id(m.weight) for root in roots for m in root.modules() if isinstance(m, nn.Linear)}
     decay, no_decay = [], []
     for p in params:
         if id(p) in frozen:
@@ -491,15 +495,12 @@ def train_policy(
             "TrainConfig.probe_layer",
             f"{cfg.probe_layer} but the prefix has {model.cfg.n_layers} layers",
         )
-    xy_scale = None
     probe = None
     if grounding is not None:
-        xy = np.asarray(grounding.target_xy, np.float64)
-        xy_scale = _XYScale(xy.mean(0), np.maximum(xy.std(0), 1e-3))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed + 0x9E0)
-            probe = GroundingProbe(model.cfg.d_model)
-    rows = _rows(policy, demos, norm, grounding, xy_scale)
+            probe = GroundingProbe(model.cfg.d_model, grounding.target_xy)
+    rows = _rows(policy, demos, norm, grounding)
     rng = np.random.default_rng(cfg.seed)
     train_idx, val_idx = _split_episodes(demos.episode, cfg.val_fraction, rng)
     if len(val_idx) > cfg.eval_samples:
@@ -507,8 +508,7 @@ def train_policy(
     val_rows = rows.take(val_idx) if len(val_idx) else None
     batches = _Batches(train_idx, cfg.batch_size, rng)
     gen = torch.Generator().manual_seed(cfg.seed)
-    extra = [probe] if probe is not None else []
-    groups = _param_groups(model, cfg.weight_decay, probe is not None, extra)
+    groups = _param_groups(model, cfg.weight_decay, probe)
     params = [p for g in groups for p in g["params"]]  # type: ignore[attr-defined]
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
 
@@ -538,7 +538,7 @@ def train_policy(
         if val_rows is not None and (done % cfg.eval_interval == 0 or done == cfg.steps):
             model.eval()
             scores = _evaluate(
-                model, val_rows, cfg.batch_size, cfg.seed + 1, probe, cfg.probe_layer, xy_scale
+                model, val_rows, cfg.batch_size, cfg.seed + 1, probe, cfg.probe_layer
             )
             model.train()
             val_history.append({"step": done, **scores})

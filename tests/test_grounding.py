@@ -77,7 +77,10 @@ def test_each_cube_is_found_apart_in_the_scene_camera(rendered) -> None:
         c: patch_fraction(colour_mask(frames[0], c), TINY.patch_size) > 0 for c in CUBE_COLOURS
     }
     for colour, patches in found.items():
-        assert 1 <= patches.sum() <= 4, (colour, patches.sum())  # a 4 cm cube at 32 px
+        assert patches.any(), f"the {colour} cube was not found"
+        # At 32 px a 4 cm cube covers 1-6 pixels of the scene view, at most 2x2 patches; more
+        # would mean another surface of the scene passed the colour test.
+        assert patches.sum() <= 4, (colour, np.flatnonzero(patches))
     red, green, blue = found.values()
     assert not (red & green).any() and not (red & blue).any() and not (green & blue).any()
 
