@@ -47,11 +47,18 @@ demo: $(STAMP) $(DEMO_BUNDLE)/manifest.json
 	$(EDGEVLA) eval --bundle $(DEMO_BUNDLE) --episodes 10 --json $(OUT)/demo-eval.json \
 		--sheet $(OUT)/demo-episodes.png
 
-# Rebuild the committed checkpoint from scratch: demonstrations, behaviour cloning, value head.
+# Rebuild the committed checkpoint from scratch (about 90 minutes on 2 cores): demonstrations,
+# behaviour cloning, DAgger rows from that policy, behaviour cloning on both, the value head.
 policy: $(STAMP)
 	$(EDGEVLA) demos generate --episodes 500 --seed 0 --out $(OUT)/demos-touch
 	$(EDGEVLA) train policy --demos $(OUT)/demos-touch --config tiny --out $(OUT)/touch-tiny-bc
-	$(EDGEVLA) train value --checkpoint $(OUT)/touch-tiny-bc --out $(CHECKPOINT) \
+	$(EDGEVLA) export --checkpoint $(OUT)/touch-tiny-bc --out $(OUT)/touch-tiny-bc-n1 \
+		--candidates 1 --overwrite
+	$(EDGEVLA) demos dagger --bundle $(OUT)/touch-tiny-bc-n1 --episodes 400 --seed 300000 \
+		--out $(OUT)/dagger-touch
+	$(EDGEVLA) train policy --demos $(OUT)/demos-touch $(OUT)/dagger-touch --config tiny \
+		--out $(OUT)/touch-tiny-dagger
+	$(EDGEVLA) train value --checkpoint $(OUT)/touch-tiny-dagger --out $(CHECKPOINT) \
 		--rollouts $(OUT)/value-rollouts --recollect
 
 test: $(STAMP)

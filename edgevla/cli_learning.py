@@ -19,6 +19,9 @@ from rich.table import Table
 
 from edgevla.runtime.errors import ConfigError
 
+# TrainConfig.s1_theta, kept here so `--help` does not import torch.
+TRAIN_S1_THETA = 0.5
+
 
 class _Progress(Progress):
     """A rich progress bar on a terminal; a plain line every 30 s into a log or a pipe, where a
@@ -89,11 +92,51 @@ def cmd_demos_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demos_dagger(args: argparse.Namespace) -> int:
+    from edgevla.cli import err, out
+    from edgevla.runtime.bundle import load_bundle
+    from edgevla.sim.dagger import collect_dagger
+    from edgevla.sim.demos import save_demos
+    from edgevla.sim.tasks import HELD_OUT_SEED_BASE
+
+    if args.seed + args.episodes > HELD_OUT_SEED_BASE:
+        raise ConfigError(f"DAgger seeds must stay below {HELD_OUT_SEED_BASE} (held out)")
+    bundle = load_bundle(args.bundle)
+    settings = _episode_settings(args, bundle.model.image_size)
+    start = time.perf_counter()
+    with _progress(err) as progress:
+        task = progress.add_task("policy rollouts", total=args.episodes, info="")
+        wins = [0]
+
+        def tick(result) -> None:
+            wins[0] += result.success
+            progress.update(task, advance=1, info=f"{wins[0]} succeeded")
+
+        rows = collect_dagger(
+            args.bundle,
+            range(args.seed, args.seed + args.episodes),
+            settings,
+            workers=args.workers,
+            on_episode=tick,
+        )
+    rows.meta["command"] = _command_line()
+    # The rolled-out policy's own making, so a checkpoint trained on these rows can say it.
+    rows.meta["policy_origin"] = bundle.manifest.export_options.get("origin")
+    save_demos(rows, Path(args.out))
+    rollouts = rows.meta["rollouts"]
+    out.print(
+        f"DAgger rows written: {args.out} ({len(rows)} expert-labelled plans from "
+        f"{args.episodes} policy episodes; the policy succeeded in {rollouts['success_rate']:.1%}; "
+        f"{time.perf_counter() - start:.0f} s)"
+    )
+    return 0
+
+
 # ----------------------------------------------------------------------------- train
 
 
 def _losses_text(losses: dict[str, float]) -> str:
-    keys = [k for k in losses if k in ("loss", "flow", "system1", "critic0", "critic1")]
+    keys = [k for k in losses if k in ("loss", "bc", "s1", "critic0", "critic1")]
     keys += [k for k in losses if k.startswith("val_")]
     return " ".join(f"{k} {losses[k]:.4f}" for k in keys)
 
@@ -113,11 +156,11 @@ def cmd_train_policy(args: argparse.Namespace) -> int:
     from edgevla.export.checkpoint import init_policy, save_checkpoint
     from edgevla.export.configs import get_config
     from edgevla.export.training import TrainConfig, train_policy
-    from edgevla.sim.demos import load_demos
+    from edgevla.sim.demos import concat_demos, load_demos
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    demos = load_demos(Path(args.demos))
+    demos = concat_demos([load_demos(Path(path)) for path in args.demos])
     policy = init_policy(get_config(args.config), args.seed)
     model = policy.config
     if demos.images.shape[1:] != (model.num_cameras, model.image_size, model.image_size, 3):
@@ -146,28 +189,126 @@ def cmd_train_policy(args: argparse.Namespace) -> int:
                 f"{demos.meta.get('task')!r} (pass --no-grounding to train without them)"
             )
         grounding = grounding_labels(demos, model.patch_size)
-    with _progress(err) as progress:
-        task = progress.add_task("behaviour cloning", total=cfg.steps, info="")
-
-        def tick(step: int, total: int, losses: dict[str, float]) -> None:
-            if any(k.startswith("val_") for k in losses):
-                err.print(f"step {step}: {_losses_text(losses)}")
-            else:
-                progress.update(task, completed=step, info=_losses_text(losses))
-
-        trained, metrics = train_policy(policy, demos, cfg, tick, grounding)
-    trained.origin["source"] = "edgevla train policy"
-    trained.origin["demos"] = str(args.demos)
-    trained.origin["behaviour_cloning"]["command"] = _command_line()
-    trained.origin["behaviour_cloning"]["demos_meta"] = {
-        k: demos.meta.get(k)
-        for k in ("seeds", "episodes_run", "episodes_kept", "expert_success_rate", "command")
+    stages = {
+        "system2": ("System 2 behaviour cloning", cfg.steps),
+        "system1": ("System 1", cfg.system1_steps),
     }
+    with _progress(err) as progress:
+        tasks: list = []
+
+        def stage(name: str) -> None:
+            description, total = stages[name]
+            tasks.append(progress.add_task(description, total=total, info=""))
+
+        trained, metrics = train_policy(
+            policy, demos, cfg, _training_tick(err, progress, tasks), grounding, stage
+        )
+    trained.origin["source"] = "edgevla train policy"
+    trained.origin["demos"] = [str(path) for path in args.demos]
+    trained.origin["behaviour_cloning"]["command"] = _command_line()
+    trained.origin["behaviour_cloning"]["demos_meta"] = _demos_meta(demos)
+    trained.origin["system1_training"]["command"] = _command_line()
     save_checkpoint(trained, Path(args.out))
     _write_metrics(Path(args.out), "train_policy.json", metrics)
+    s1 = metrics["system1"]
     out.print(
-        f"checkpoint written: {args.out} ({cfg.steps} steps in {metrics['wall_time_s']:.0f} s, "
-        f"{metrics['steps_per_s']:.1f} steps/s; final {_losses_text(metrics['final'])})"
+        f"checkpoint written: {args.out} (System 2: {cfg.steps} steps, final "
+        f"{_losses_text(metrics['final'])}; System 1: {cfg.system1_steps} steps, final "
+        f"{_losses_text(s1['final'])}; {metrics['wall_time_s']:.0f} s in all)"
+    )
+    return 0
+
+
+def _without_history(metrics: dict) -> dict:
+    """A training record without its loss curves (System 1's nested record too)."""
+    kept = {k: v for k, v in metrics.items() if not k.endswith("history")}
+    if isinstance(kept.get("system1"), dict):
+        kept["system1"] = _without_history(kept["system1"])
+    return kept
+
+
+def _demos_meta(demos) -> dict:
+    """What the card needs of a training set's making; a combined set keeps each part's."""
+    keys = (
+        "source",
+        "seeds",
+        "episodes_run",
+        "episodes_kept",
+        "expert_success_rate",
+        "command",
+        "bundle",
+        "candidates",
+        "policy_origin",
+    )
+    parts = demos.meta.get("parts")
+    if parts:
+        return {"parts": [{k: part.get(k) for k in keys} for part in parts]}
+    return {k: demos.meta.get(k) for k in keys}
+
+
+def _training_tick(err, progress, tasks: list):
+    """Progress callback: the newest task's bar; held-out scores as a line of their own."""
+
+    def tick(step: int, total: int, losses: dict[str, float]) -> None:
+        if any(k.startswith("val_") for k in losses):
+            err.print(f"step {step}: {_losses_text(losses)}")
+        elif tasks:
+            progress.update(tasks[-1], completed=step, info=_losses_text(losses))
+
+    return tick
+
+
+def cmd_train_system1(args: argparse.Namespace) -> int:
+    import torch
+
+    from edgevla.cli import err, out
+    from edgevla.export.checkpoint import load_checkpoint, save_checkpoint
+    from edgevla.export.model_card import load_metrics, write_model_card
+    from edgevla.export.training import TrainConfig, train_system1
+    from edgevla.sim.demos import load_demos
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    policy = load_checkpoint(Path(args.checkpoint))
+    demos = load_demos(Path(args.demos))
+    model = policy.config
+    if demos.images.shape[1:] != (model.num_cameras, model.image_size, model.image_size, 3):
+        raise ConfigError(
+            f"demonstrations hold frames {list(demos.images.shape[1:])}; checkpoint "
+            f"'{model.name}' takes {model.num_cameras} cameras at {model.image_size} px"
+        )
+    cfg = TrainConfig(
+        system1_steps=args.steps or TrainConfig.system1_steps,
+        s1_theta=args.theta_max,
+        seed=args.seed,
+    )
+    with _progress(err) as progress:
+        tasks = [progress.add_task("System 1", total=cfg.system1_steps, info="")]
+        trained, metrics = train_system1(policy, demos, cfg, _training_tick(err, progress, tasks))
+    trained.origin["system1_training"]["command"] = _command_line()
+    trained.origin["system1_training"]["demos"] = str(args.demos)
+    trained.origin["system1_training"]["demos_meta"] = _demos_meta(demos)
+    out_dir = Path(args.out)
+    save_checkpoint(trained, out_dir)
+    # The checkpoint's other training records travel with it; System 1's is replaced.
+    for name in ("train_policy.json", "train_value.json"):
+        recorded = load_metrics(Path(args.checkpoint, name))
+        if recorded is not None and Path(args.checkpoint).resolve() != out_dir.resolve():
+            _write_metrics(out_dir, name, recorded)
+    policy_metrics = load_metrics(out_dir / "train_policy.json")
+    if policy_metrics is not None:
+        policy_metrics["system1"] = metrics
+        policy_metrics = _without_history(policy_metrics)
+        _write_metrics(out_dir, "train_policy.json", policy_metrics)
+    value_metrics = load_metrics(out_dir / "train_value.json")
+    if value_metrics is not None:  # a finished checkpoint: its card follows the new System 1
+        write_model_card(out_dir, trained, policy_metrics, value_metrics)
+    val = metrics["val"] or {}
+    out.print(
+        f"checkpoint written: {args.out} (System 1: {cfg.system1_steps} steps in "
+        f"{metrics['wall_time_s']:.0f} s; held-out slice error (RMS, joints) "
+        f"{val.get('plan_slice_rad', 0):.4f} rad from System 2, "
+        f"{val.get('s1_slice_rad', 0):.4f} rad after System 1)"
     )
     return 0
 
@@ -237,16 +378,9 @@ def cmd_train_value(args: argparse.Namespace) -> int:
     policy_metrics = load_metrics(Path(args.checkpoint, "train_policy.json"))
     if policy_metrics is not None:
         # The full loss history stays with the BC run; the card needs the summary.
-        summary = {k: v for k, v in policy_metrics.items() if not k.endswith("history")}
-        _write_metrics(Path(args.out), "train_policy.json", summary)
+        _write_metrics(Path(args.out), "train_policy.json", _without_history(policy_metrics))
     _write_metrics(Path(args.out), "train_value.json", metrics)
-    bc = trained.origin.get("behaviour_cloning", {})
-    commands = [
-        bc.get("demos_meta", {}).get("command") or "edgevla demos generate ...",
-        bc.get("command") or "edgevla train policy ...",
-        _command_line(),
-    ]
-    write_model_card(Path(args.out), trained, policy_metrics, metrics, commands)
+    write_model_card(Path(args.out), trained, policy_metrics, metrics)
     held = metrics["held_out"]
     out.print(
         f"checkpoint written: {args.out} (critics trained on {metrics['train_samples']} plans; "
@@ -281,7 +415,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         settings_record,
         summarize,
     )
-    from edgevla.sim.tasks import held_out_seeds
+    from edgevla.sim.tasks import split_seeds
 
     bundle = load_bundle(args.bundle)
     settings = _episode_settings(args, bundle.model.image_size)
@@ -290,7 +424,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             f"the bundle takes {bundle.model.num_cameras} cameras, the config lists "
             f"{len(settings.cameras)}"
         )
-    seeds = held_out_seeds(args.seed, args.episodes)
+    seeds = split_seeds(args.split, args.seed, args.episodes)
     sampling = {} if args.s1_theta is None else {"s1_theta": args.s1_theta}
     if sampling:
         # Refuse a bad override before any worker starts.
@@ -328,12 +462,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "sampling": msgspec.to_builtins(
             msgspec.structs.replace(bundle.manifest.sampling, **sampling)
         ),
+        "split": args.split,
         "seeds": [seeds[0], seeds[-1]],
         "settings": settings_record(settings),
         "summary": summary,
         "episodes": [r.summary() for r in results],
     }
-    table = Table(title=f"closed-loop evaluation: {label}, {len(seeds)} held-out episodes")
+    table = Table(title=f"closed-loop evaluation: {label}, {len(seeds)} {args.split} episodes")
     for column in ("success", "95 % CI", "time to success p50 / p90", "outcomes"):
         table.add_column(column)
     tts = summary["time_to_success_s"]
@@ -369,15 +504,36 @@ def register(sub, add, group) -> None:
     p.add_argument("--workers", type=int, default=2, metavar="W", help="processes")
     p.add_argument("--chunk-len", type=int, default=8, metavar="H")
     p.add_argument("--image-size", type=int, default=32, metavar="PX")
+    p = add(
+        "dagger",
+        cmd_demos_dagger,
+        "run a policy bundle closed loop and label every plan's observation with the expert "
+        "(DAgger rows, in the demonstrations' format)",
+        demos,
+    )
+    p.add_argument("--bundle", required=True, metavar="DIR")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--episodes", type=int, default=300, metavar="N")
+    p.add_argument("--seed", type=int, default=300_000, help="first episode seed")
+    p.add_argument("--workers", type=int, default=2, metavar="W", help="processes")
+    p.add_argument("--config", metavar="PATH", help="runtime TOML (rates, System 1, limits)")
+    p.add_argument("--system1", choices=("on", "off"), help="override policy.system1_enabled")
+    p.add_argument("--timeout", type=float, metavar="S", help="episode timeout (default 8 s)")
 
     train = group("train", "train the reference policy (PyTorch, export side)")
     p = add(
         "policy",
         cmd_train_policy,
-        "behaviour cloning (flow matching) of prefix, action expert and System 1",
+        "behaviour cloning (flow matching) of System 2 (prefix, action expert), then System 1",
         train,
     )
-    p.add_argument("--demos", required=True, metavar="DIR")
+    p.add_argument(
+        "--demos",
+        required=True,
+        nargs="+",
+        metavar="DIR",
+        help="demonstration sets (several are combined: demonstrations plus DAgger rows)",
+    )
     p.add_argument("--config", default="tiny", help="named model config")
     p.add_argument("--out", required=True, metavar="CHECKPOINT")
     p.add_argument("--steps", type=int, metavar="N", help="optimizer steps (default: TrainConfig)")
@@ -396,6 +552,25 @@ def register(sub, add, group) -> None:
         action="store_true",
         help="plain behaviour cloning: no probe or token-selector losses (docs/training.md)",
     )
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p = add(
+        "system1",
+        cmd_train_system1,
+        "(re)train System 1 alone on a checkpoint; System 2 and the critics are kept",
+        train,
+    )
+    p.add_argument("--checkpoint", required=True, metavar="DIR")
+    p.add_argument("--demos", required=True, metavar="DIR")
+    p.add_argument("--out", required=True, metavar="CHECKPOINT")
+    p.add_argument("--steps", type=int, metavar="N", help="optimizer steps (default: TrainConfig)")
+    p.add_argument(
+        "--theta-max",
+        type=float,
+        default=TRAIN_S1_THETA,
+        metavar="θ",
+        help="train on re-noise levels in (0, θ]; a bundle may run any θ1 up to it",
+    )
+    p.add_argument("--seed", type=int, default=0, help="System 1 initialisation and batch order")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p = add(
         "value",
@@ -421,7 +596,13 @@ def register(sub, add, group) -> None:
     )
     p.add_argument("--bundle", required=True, metavar="DIR")
     p.add_argument("--episodes", type=int, default=50, metavar="N")
-    p.add_argument("--seed", type=int, default=0, help="first held-out seed (offset)")
+    p.add_argument("--seed", type=int, default=0, help="first seed of the split (offset)")
+    p.add_argument(
+        "--split",
+        choices=("held-out", "validation"),
+        default="held-out",
+        help="held-out: the reported results; validation: for choosing settings first",
+    )
     p.add_argument("--config", metavar="PATH", help="runtime TOML (rates, System 1, limits)")
     p.add_argument("--system1", choices=("on", "off"), help="override policy.system1_enabled")
     p.add_argument("--timeout", type=float, metavar="S", help="episode timeout (default 8 s)")

@@ -195,6 +195,13 @@ def export_bundle(
     """Export `policy` to a verified bundle at `out`; on any failure nothing is left behind."""
     out = Path(out)
     options.validate()
+    if policy.normalization.s1_delta_mean is None or policy.normalization.s1_delta_std is None:
+        raise InvalidSetting(
+            "normalization.s1_delta_mean",
+            f"missing in {policy.origin.get('checkpoint', 'this policy')}: its System 1 was "
+            "trained on absolute targets (before bundle schema 3); retrain System 1 with "
+            "`edgevla train system1 --checkpoint CKPT --demos DIR --out CKPT2`",
+        )
     if out.exists() or out.is_symlink():
         if not overwrite:
             raise EdgeVlaError(f"{out} already exists; pass --overwrite to replace it")

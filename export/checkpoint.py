@@ -46,9 +46,19 @@ UR5E_ACTION_SPACE = ActionSpace(
 # a trained checkpoint carries statistics of its own demonstrations.
 _HOME = [0.0, -math.pi / 2, math.pi / 2, -math.pi / 2, -math.pi / 2, 0.0, 0.5]
 _SPREAD = [0.6] * 6 + [0.5]
-UR5E_PLACEHOLDER_NORMALIZATION = Normalization(
-    state_mean=_HOME, state_std=_SPREAD, action_mean=_HOME, action_std=_SPREAD
-)
+# System 1 offsets: a slice moves a few centiradians per 0.05 s step.
+_S1_SPREAD = [0.05] * 6 + [0.05]
+
+
+def placeholder_normalization(cfg: ModelConfig) -> Normalization:
+    return Normalization(
+        state_mean=_HOME,
+        state_std=_SPREAD,
+        action_mean=_HOME,
+        action_std=_SPREAD,
+        s1_delta_mean=[[0.0] * len(_HOME) for _ in range(cfg.s1_horizon)],
+        s1_delta_std=[list(_S1_SPREAD) for _ in range(cfg.s1_horizon)],
+    )
 
 
 @dataclass
@@ -75,7 +85,7 @@ def init_policy(cfg: ModelConfig, seed: int) -> ReferencePolicy:
     return ReferencePolicy(
         model=build_model(cfg, seed),
         action_space=UR5E_ACTION_SPACE,
-        normalization=UR5E_PLACEHOLDER_NORMALIZATION,
+        normalization=placeholder_normalization(cfg),
         tokenizer=tokenizer,
         origin={"source": "init", "config": cfg.name, "seed": seed},
     )

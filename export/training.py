@@ -1,13 +1,16 @@
 """Training the reference policy on CPU: behaviour cloning, then the value head from rollouts.
 
-`train_policy` fits the prefix, the flow-matching action expert and System 1 to expert
-demonstrations (`DemoSet`) in one loop with summed losses:
+`train_policy` fits System 2 (the prefix and the flow-matching action expert) to expert
+demonstrations (`DemoSet`), then System 1 on the same demonstrations (`train_system1`, which
+can also retrain System 1 alone on an existing checkpoint: its weights share nothing with
+System 2's):
 
 - System 2 behaviour cloning, pi0's flow matching: x_t = t·ε + (1 − t)·a, target ε − a, every
   sample attending to its own prefix cache (a batch-B cache with N = B candidates).
-- System 1 cascaded denoising: the first `s1_horizon` rows of the same expert chunk are noised
-  to θ ~ U(0, θ1] and denoised from the sample's own frame and state, because at run time
-  System 1 starts at θ1 and integrates to 0, visiting every t in (0, θ1].
+- System 1 cascaded denoising: the first `s1_horizon` rows of the same expert chunk, as offsets
+  from the sample's state in System 1's units (`Normalizer.to_system1`), are noised to
+  θ ~ U(0, θ1] and denoised from the sample's own frame and state, because at run time System 1
+  starts at θ1 and integrates to 0, visiting every t in (0, θ1].
 
 - Grounding (when labels are given, `edgevla.sim.grounding`): a training-only probe asks the
   output of prefix layer `probe_layer` which visual tokens show the named cube and, from the
@@ -33,6 +36,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import msgspec
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -40,7 +44,7 @@ from torch import Tensor, nn
 
 from edgevla.export.bundle_writer import ExportOptions
 from edgevla.export.checkpoint import ReferencePolicy
-from edgevla.export.reference import DualSystemVLA, PrefixStates
+from edgevla.export.reference import DualSystemVLA, PrefixStates, System1Net
 from edgevla.runtime.errors import InvalidSetting
 from edgevla.runtime.manifest import Normalization
 from edgevla.runtime.tokenizer import InstructionTokenizer
@@ -55,6 +59,9 @@ RUNTIME_SAMPLING = ExportOptions().sampling()
 # demos (a fixed wrist, a gripper held shut) from turning small run-time offsets into huge
 # normalized inputs.
 STD_FLOOR = 1e-2
+# System 1's offsets from the state are a slice's motion: a few mrad in its first row. The floor
+# only has to keep a dimension that never moves (the gripper held shut) finite.
+S1_STD_FLOOR = 1e-3
 
 ProgressFn = Callable[[int, int, dict[str, float]], None]
 
@@ -76,11 +83,10 @@ class TrainConfig:
     seed: int = 0
     time_sampling: str = "beta"  # "beta": pi0's Beta(1.5, 1) on [0.001, 1]; or "uniform"
     # System 1 learns every θ in (0, s1_theta]: a bundle may then run any θ1 up to it without
-    # retraining. Wider than the bundle default on purpose: trained on (0, 0.1] instead, the
-    # grounded touch policy scored 68 % (N = 1 with System 1, θ1 = 0.1) against 72 % when
-    # trained on (0, 0.5] — no gain from narrowing (docs/benchmarks.md).
+    # retraining (the bundle's default is smaller; docs/training.md).
     s1_theta: float = 0.5
-    s1_loss_weight: float = 1.0
+    # System 1 alone (its own small network; System 2 frozen). tiny: ~30 steps/s here.
+    system1_steps: int = 4000
     # Grounding losses (used when train_policy gets labels). Without them 10k BC steps left the
     # tiny policy choosing its cube at chance (docs/training.md).
     grounding_weight: float = 1.0  # patch BCE on the probe and on the token selector
@@ -108,6 +114,7 @@ class TrainConfig:
         """Refuse settings no run can use (InvalidSetting naming the field)."""
         positive = (
             "steps",
+            "system1_steps",
             "batch_size",
             "lr",
             "log_interval",
@@ -128,7 +135,6 @@ class TrainConfig:
             ("grad_clip", self.grad_clip > 0.0, "must be > 0"),
             ("time_sampling", self.time_sampling in ("beta", "uniform"), "must be beta|uniform"),
             ("s1_theta", 0.0 < self.s1_theta <= 1.0, "must be in (0, 1]"),
-            ("s1_loss_weight", self.s1_loss_weight >= 0.0, "must be >= 0"),
             ("grounding_weight", self.grounding_weight >= 0.0, "must be >= 0"),
             ("locate_weight", self.locate_weight >= 0.0, "must be >= 0"),
             ("probe_layer", self.probe_layer >= 0, "must be >= 0"),
@@ -152,25 +158,43 @@ def learning_rate(step: int, total: int, peak: float, warmup: int, min_ratio: fl
     return peak * (min_ratio + (1.0 - min_ratio) * cosine)
 
 
-def normalization_from_demos(demos: DemoSet, std_floor: float = STD_FLOOR) -> Normalization:
-    """Per-dimension mean/std of the state and of every action row of every chunk.
+def normalization_from_demos(
+    demos: DemoSet, s1_horizon: int, std_floor: float = STD_FLOOR
+) -> Normalization:
+    """Per-dimension mean/std of the state and of every action row of every chunk, and per
+    (row, dimension) mean/std of the first `s1_horizon` rows' offsets from the state.
 
-    Computed in float64; std (population, like numpy's default) is floored at `std_floor`.
+    Computed in float64; std (population, like numpy's default) is floored at `std_floor`
+    (`S1_STD_FLOOR` for the offsets).
     """
     state = np.asarray(demos.state, dtype=np.float64)
-    actions = np.asarray(demos.actions, dtype=np.float64).reshape(-1, demos.actions.shape[-1])
+    chunks = np.asarray(demos.actions, dtype=np.float64)
+    if state.shape[-1] != chunks.shape[-1]:
+        raise InvalidSetting(
+            "demos.state",
+            f"{state.shape[-1]} dimensions but actions have {chunks.shape[-1]}: System 1 needs "
+            "each action's offset from the state of the same name",
+        )
+    actions = chunks.reshape(-1, chunks.shape[-1])
+    offsets = chunks[:, :s1_horizon] - state[:, None, :]
 
-    def stats(x: np.ndarray) -> tuple[list[float], list[float]]:
-        return x.mean(0).tolist(), np.maximum(x.std(0), std_floor).tolist()
+    def stats(x: np.ndarray, floor: float) -> tuple[list, list]:
+        return x.mean(0).tolist(), np.maximum(x.std(0), floor).tolist()
 
-    state_mean, state_std = stats(state)
-    action_mean, action_std = stats(actions)
+    state_mean, state_std = stats(state, std_floor)
+    action_mean, action_std = stats(actions, std_floor)
+    s1_mean, s1_std = stats(offsets, S1_STD_FLOOR)
     return Normalization(
-        state_mean=state_mean, state_std=state_std, action_mean=action_mean, action_std=action_std
+        state_mean=state_mean,
+        state_std=state_std,
+        action_mean=action_mean,
+        action_std=action_std,
+        s1_delta_mean=s1_mean,
+        s1_delta_std=s1_std,
     )
 
 
-def _normalize(x: np.ndarray, mean: list[float], std: list[float]) -> Tensor:
+def _normalize(x: np.ndarray, mean: list, std: list) -> Tensor:
     out = (np.asarray(x, np.float32) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
 
@@ -200,20 +224,62 @@ class _Rows:
     mask: Tensor  # bool [N, T]
     state: Tensor  # float32 [N, state_dim], normalized
     actions: Tensor  # float32 [N, H, A], normalized
+    state_raw: Tensor  # float32 [N, state_dim], robot units (System 1's offsets start here)
+    s1_actions: Tensor | None = None  # float32 [N, h1, A]: first rows in System 1's units
     patch_target: Tensor | None = None  # float32 [N, visual tokens] in [0, 1]
     target_xy: Tensor | None = None  # float32 [N, 2], metres on the table
 
     def take(self, idx: np.ndarray | Tensor) -> _Rows:
         i = torch.as_tensor(idx, dtype=torch.int64)
+
+        def pick(x: Tensor | None) -> Tensor | None:
+            return None if x is None else x[i]
+
         return _Rows(
             self.images[i],
             self.ids[i],
             self.mask[i],
             self.state[i],
             self.actions[i],
-            None if self.patch_target is None else self.patch_target[i],
-            None if self.target_xy is None else self.target_xy[i],
+            self.state_raw[i],
+            pick(self.s1_actions),
+            pick(self.patch_target),
+            pick(self.target_xy),
         )
+
+
+@dataclass(frozen=True)
+class _System1Units:
+    """Conversions between System 2's normalized absolute rows and System 1's offsets."""
+
+    action_mean: Tensor
+    action_std: Tensor
+    s1_mean: Tensor  # [h1, A]
+    s1_std: Tensor
+
+    @classmethod
+    def of(cls, norm: Normalization) -> _System1Units:
+        if norm.s1_delta_mean is None or norm.s1_delta_std is None:
+            raise InvalidSetting("normalization.s1_delta_mean", "System 1 statistics are missing")
+
+        def f32(x: list) -> Tensor:
+            return torch.tensor(x, dtype=torch.float32)
+
+        return cls(
+            f32(norm.action_mean),
+            f32(norm.action_std),
+            f32(norm.s1_delta_mean),
+            f32(norm.s1_delta_std),
+        )
+
+    def to_system1(self, rows: Tensor, state_raw: Tensor) -> Tensor:
+        """Normalized absolute rows [B, h1, A] → System 1's units, offsets from `state_raw`."""
+        absolute = rows * self.action_std + self.action_mean
+        return (absolute - state_raw[:, None] - self.s1_mean) / self.s1_std
+
+    def from_system1(self, x: Tensor, state_raw: Tensor) -> Tensor:
+        absolute = x * self.s1_std + self.s1_mean + state_raw[:, None]
+        return (absolute - self.action_mean) / self.action_std
 
 
 class GroundingProbe(nn.Module):
@@ -253,7 +319,12 @@ def _rows(
         mask=mask,
         state=_normalize(data.state, norm.state_mean, norm.state_std),
         actions=_normalize(data.actions, norm.action_mean, norm.action_std),
+        state_raw=torch.from_numpy(np.ascontiguousarray(data.state, dtype=np.float32)),
     )
+    if norm.s1_delta_mean is not None and norm.s1_delta_std is not None:
+        h1 = policy.config.s1_horizon
+        offsets = np.asarray(data.actions[:, :h1], np.float32) - rows.state_raw.numpy()[:, None]
+        rows.s1_actions = _normalize(offsets, norm.s1_delta_mean, norm.s1_delta_std)
     if grounding is not None:
         visual = policy.config.num_visual_tokens
         if grounding.patch_target.shape != (len(data), visual):
@@ -333,7 +404,7 @@ def _grounding_losses(
     return {"patch": probe_bce, "selector": selector_bce, "locate": locate}
 
 
-def _losses(
+def _system2_losses(
     model: DualSystemVLA,
     batch: _Rows,
     cfg: TrainConfig,
@@ -346,20 +417,14 @@ def _losses(
     if cfg.state_noise_std > 0.0:
         state = state + cfg.state_noise_std * torch.randn(state.shape, generator=gen)
     b = actions.shape[0]
-    # System 2: every sample's chunk attends to its own prefix (batch-B cache, N = B).
+    # Every sample's chunk attends to its own prefix (batch-B cache, N = B).
     states = model.prefix_states(images, batch.ids, batch.mask, state)
     k, v, mask = states.keys, states.values, states.mask
     noise = torch.randn(actions.shape, generator=gen)
     t = _flow_times(b, cfg.time_sampling, gen)
     x_t = t[:, None, None] * noise + (1.0 - t[:, None, None]) * actions
     bc = F.mse_loss(model.expert_velocity(k, v, mask, x_t, t), noise - actions)
-    # System 1: noise the "now" slice to θ ∈ (0, θ1] and denoise it from the current frame.
-    slice_ = actions[:, : model.cfg.s1_horizon]
-    noise1 = torch.randn(slice_.shape, generator=gen)
-    theta = cfg.s1_theta * (1.0 - torch.rand(b, generator=gen))
-    x_theta = theta[:, None, None] * noise1 + (1.0 - theta[:, None, None]) * slice_
-    s1 = F.mse_loss(model.system1_velocity(images, state, x_theta, theta), noise1 - slice_)
-    losses = {"loss": bc + cfg.s1_loss_weight * s1, "bc": bc, "s1": s1}
+    losses = {"loss": bc, "bc": bc}
     if probe is not None and batch.patch_target is not None:
         aux = _grounding_losses(probe, states, batch, cfg.probe_layer)
         losses["loss"] = (
@@ -371,20 +436,40 @@ def _losses(
     return losses
 
 
+def _system1_losses(
+    model: DualSystemVLA, batch: _Rows, cfg: TrainConfig, gen: torch.Generator
+) -> dict[str, Tensor]:
+    """Noise the "now" slice (System 1's units) to θ ∈ (0, θ1]; denoise it from the frame."""
+    assert batch.s1_actions is not None
+    slice_ = batch.s1_actions
+    b = slice_.shape[0]
+    noise = torch.randn(slice_.shape, generator=gen)
+    theta = cfg.s1_theta * (1.0 - torch.rand(b, generator=gen))
+    x_theta = theta[:, None, None] * noise + (1.0 - theta[:, None, None]) * slice_
+    velocity = model.system1_velocity(batch.images, batch.state, x_theta, theta)
+    s1 = F.mse_loss(velocity, noise - slice_)
+    return {"loss": s1, "s1": s1}
+
+
 @torch.no_grad()
 def _evaluate(
     model: DualSystemVLA,
     rows: _Rows,
     batch_size: int,
     seed: int,
+    units: _System1Units,
     probe: GroundingProbe | None = None,
     probe_layer: int = 0,
+    system1: bool = False,
 ) -> dict[str, float]:
-    """Run the runtime's sampling on held-out rows; errors are MSE in normalized units.
+    """Run the runtime's sampling on held-out rows.
 
     `plan_mse`: System 2's chunk from pure noise at start_time_max (the first candidate), Euler
-    denoise_steps, against the expert chunk. `plan_slice_mse` / `s1_mse`: the plan's first
-    s1_horizon rows before / after System 1 re-noises them to θ1 and denoises in s1_steps.
+    denoise_steps, against the expert chunk (MSE in normalized units). `plan_slice_rad`: the RMS
+    joint error of its first s1_horizon rows, in radians. With `system1`, `s1_slice_rad`: the
+    same rows after System 1 re-noises them to θ1 in its own units and denoises in s1_steps.
+    Radians, not normalized units, because the two systems normalize differently and a joint
+    whose spread was floored (a wrist that barely moves) would dominate either's MSE.
     The same seed every time keeps scores comparable across the run.
 
     With grounding labels and the probe: `locate_cm`, the probe's mean error in placing the named
@@ -393,7 +478,15 @@ def _evaluate(
     """
     s, h1 = RUNTIME_SAMPLING, model.cfg.s1_horizon
     gen = torch.Generator().manual_seed(seed)
-    sums = {"plan_mse": 0.0, "plan_slice_mse": 0.0, "s1_mse": 0.0}
+    sums = {"plan_mse": 0.0, "plan_slice_rad": 0.0}
+    if system1:
+        sums["s1_slice_rad"] = 0.0
+    joints = slice(0, model.cfg.action_dim - 1)  # the last action dimension is the gripper
+
+    def squared_rad(rows: Tensor, truth: Tensor) -> float:
+        error = (rows - truth)[..., joints] * units.action_std[joints]
+        return error.pow(2).sum().item() / error[0].numel()
+
     grounded = probe is not None and rows.target_xy is not None
     if grounded:
         sums.update(locate_cm=0.0, selector_hit=0.0)
@@ -417,39 +510,46 @@ def _evaluate(
             t = torch.full((b,), s.start_time_max * (1.0 - i / s.denoise_steps))
             x = x - (s.start_time_max / s.denoise_steps) * model.expert_velocity(k, v, mask, x, t)
         plan_slice, expert_slice = x[:, :h1], batch.actions[:, :h1]
-        y = s.s1_theta * torch.randn(plan_slice.shape, generator=gen)
-        y = y + (1.0 - s.s1_theta) * plan_slice
-        for i in range(s.s1_steps):
-            t = torch.full((b,), s.s1_theta * (1.0 - i / s.s1_steps))
-            velocity = model.system1_velocity(batch.images, batch.state, y, t)
-            y = y - (s.s1_theta / s.s1_steps) * velocity
         sums["plan_mse"] += F.mse_loss(x, batch.actions, reduction="sum").item() / x[0].numel()
-        sums["plan_slice_mse"] += (
-            F.mse_loss(plan_slice, expert_slice, reduction="sum").item() / plan_slice[0].numel()
-        )
-        sums["s1_mse"] += F.mse_loss(y, expert_slice, reduction="sum").item() / y[0].numel()
-    return {key: value / n for key, value in sums.items()}
+        sums["plan_slice_rad"] += squared_rad(plan_slice, expert_slice)
+        if system1:
+            clean = units.to_system1(plan_slice, batch.state_raw)
+            y = s.s1_theta * torch.randn(clean.shape, generator=gen) + (1.0 - s.s1_theta) * clean
+            for i in range(s.s1_steps):
+                t = torch.full((b,), s.s1_theta * (1.0 - i / s.s1_steps))
+                velocity = model.system1_velocity(batch.images, batch.state, y, t)
+                y = y - (s.s1_theta / s.s1_steps) * velocity
+            refined = units.from_system1(y, batch.state_raw)
+            sums["s1_slice_rad"] += squared_rad(refined, expert_slice)
+    scores = {key: value / n for key, value in sums.items()}
+    for key in ("plan_slice_rad", "s1_slice_rad"):
+        if key in scores:
+            scores[key] = math.sqrt(scores[key])
+    return scores
 
 
-def _param_groups(
-    model: DualSystemVLA, weight_decay: float, probe: GroundingProbe | None
-) -> list[dict[str, object]]:
-    """Decay Linear weights only; leave out the critics (trained from rollouts later) and, when
-    there is no grounding probe (so no loss reaches its scores), the token selector."""
-    frozen_modules = [model.critics] if probe is not None else [model.critics, model.selector]
-    frozen = {id(p) for m in frozen_modules for p in m.parameters()}
-    roots: list[nn.Module] = [model] if probe is None else [model, probe]
+def _param_groups(roots: list[nn.Module], weight_decay: float) -> list[dict[str, object]]:
+    """Decay Linear weights only (norms, biases and embeddings are not decayed)."""
     params = [p for root in roots for p in root.parameters()]
     linear = {id(m.weight) for root in roots for m in root.modules() if isinstance(m, nn.Linear)}
-    decay, no_decay = [], []
-    for p in params:
-        if id(p) in frozen:
-            continue
-        (decay if id(p) in linear else no_decay).append(p)
+    decay = [p for p in params if id(p) in linear]
+    no_decay = [p for p in params if id(p) not in linear]
     return [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+
+
+class _System2(nn.Module):
+    """The weights System 2's behaviour cloning trains: everything but System 1 and the critics
+    (trained from rollouts later); the token selector only when a grounding loss reaches it."""
+
+    def __init__(self, model: DualSystemVLA, probe: GroundingProbe | None) -> None:
+        super().__init__()
+        skip = {"system1", "critics"} | ({"selector"} if probe is None else set())
+        self.parts = nn.ModuleList(m for name, m in model.named_children() if name not in skip)
+        self.loose = nn.ParameterList(p for name, p in model.named_parameters(recurse=False))
+        self.probe = probe
 
 
 class _Batches:
@@ -467,28 +567,115 @@ class _Batches:
         return out
 
 
+@dataclass
+class _Fit:
+    """One optimisation run's record: interval means and held-out scores."""
+
+    history: list[dict[str, float]]
+    val_history: list[dict[str, float]]
+    wall_s: float
+
+
+def _fit(
+    model: DualSystemVLA,
+    trained: nn.Module,
+    loss_fn: Callable[[np.ndarray], dict[str, Tensor]],
+    batches: _Batches,
+    steps: int,
+    cfg: TrainConfig,
+    evaluate: Callable[[], dict[str, float]] | None,
+    on_progress: ProgressFn | None,
+) -> _Fit:
+    """AdamW over `trained`'s parameters with warm-up and cosine decay; `loss_fn(rows)` gives
+    the batch's losses ("loss" is optimised). Evaluates every `eval_interval` and at the end."""
+    started = time.perf_counter()
+    groups = _param_groups([trained], cfg.weight_decay)
+    params = [p for g in groups for p in g["params"]]  # type: ignore[attr-defined]
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
+    history: list[dict[str, float]] = []
+    val_history: list[dict[str, float]] = []
+    window: dict[str, list[float]] = {}
+    model.train()
+    for step in range(steps):
+        lr = learning_rate(step, steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        losses = loss_fn(batches.next())
+        opt.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        for key, value in {**losses, "grad_norm": grad_norm}.items():
+            window.setdefault(key, []).append(value.item())
+        done = step + 1
+        if done % cfg.log_interval == 0 or done == steps:
+            report = {key: float(np.mean(values)) for key, values in window.items()}
+            report["lr"] = lr
+            history.append({"step": done, **report})
+            window = {}
+            if on_progress is not None:
+                on_progress(done, steps, report)
+        if evaluate is not None and (done % cfg.eval_interval == 0 or done == steps):
+            model.eval()
+            scores = evaluate()
+            model.train()
+            val_history.append({"step": done, **scores})
+            if on_progress is not None:
+                on_progress(done, steps, {f"val_{k}": v for k, v in scores.items()})
+    model.eval()
+    return _Fit(history, val_history, time.perf_counter() - started)
+
+
+def _held_out(
+    demos: DemoSet, rows: _Rows, cfg: TrainConfig, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, _Rows | None]:
+    """(train rows, held-out rows, held-out tensors): whole episodes, capped at eval_samples."""
+    train_idx, val_idx = _split_episodes(demos.episode, cfg.val_fraction, rng)
+    if len(val_idx) > cfg.eval_samples:
+        val_idx = np.sort(rng.choice(val_idx, size=cfg.eval_samples, replace=False))
+    return train_idx, val_idx, rows.take(val_idx) if len(val_idx) else None
+
+
+def _fit_metrics(fit: _Fit, steps: int, demos: DemoSet, train: int, val: int) -> dict[str, object]:
+    return {
+        "steps": steps,
+        "samples": len(demos),
+        "train_samples": train,
+        "val_samples": val,
+        "episodes": len(np.unique(demos.episode)),
+        "wall_time_s": fit.wall_s,
+        "steps_per_s": steps / fit.wall_s,
+        "first": {k: v for k, v in fit.history[0].items() if k != "step"},
+        "final": {k: v for k, v in fit.history[-1].items() if k != "step"},
+        "val": fit.val_history[-1] if fit.val_history else None,
+        "history": fit.history,
+        "val_history": fit.val_history,
+    }
+
+
 def train_policy(
     policy: ReferencePolicy,
     demos: DemoSet,
     cfg: TrainConfig = TrainConfig(),
     on_progress: ProgressFn | None = None,
     grounding: GroundingLabels | None = None,
+    on_stage: Callable[[str], None] | None = None,
 ) -> tuple[ReferencePolicy, dict[str, object]]:
-    """Behaviour-clone prefix, action expert and System 1 on `demos`.
+    """Behaviour-clone System 2 (prefix, action expert) on `demos`, then System 1.
 
     `grounding`: labels aligned with `demos` (`edgevla.sim.grounding.grounding_labels`); with
-    them the grounding losses join the sum and the token selector is trained.
+    them the grounding losses join System 2's and the token selector is trained.
 
     Returns a new policy (trained copy of the weights, the demos' normalization, `origin`
-    noting the run) and metrics. `on_progress(step, total, losses)` is called every
-    `log_interval` steps with the interval's mean losses and the learning rate, and at every
-    evaluation with `val_*` scores.
+    noting the run) and metrics: System 2's at the top level, System 1's under "system1".
+    `on_progress(step, total, losses)` is called every `log_interval` steps with the interval's
+    mean losses and the learning rate, and at every evaluation with `val_*` scores;
+    `on_stage(name)` as each stage ("system2", "system1") begins.
     """
     cfg.validate()
     if len(demos) == 0:
         raise InvalidSetting("demos", "the demonstration set is empty")
-    started = time.perf_counter()
-    norm = normalization_from_demos(demos)
+    norm = normalization_from_demos(demos, policy.config.s1_horizon)
     model = copy.deepcopy(policy.model).float()
     if grounding is not None and cfg.probe_layer >= model.cfg.n_layers:
         raise InvalidSetting(
@@ -501,66 +688,32 @@ def train_policy(
             torch.manual_seed(cfg.seed + 0x9E0)
             probe = GroundingProbe(model.cfg.d_model, grounding.target_xy)
     rows = _rows(policy, demos, norm, grounding)
+    units = _System1Units.of(norm)
     rng = np.random.default_rng(cfg.seed)
-    train_idx, val_idx = _split_episodes(demos.episode, cfg.val_fraction, rng)
-    if len(val_idx) > cfg.eval_samples:
-        val_idx = np.sort(rng.choice(val_idx, size=cfg.eval_samples, replace=False))
-    val_rows = rows.take(val_idx) if len(val_idx) else None
-    batches = _Batches(train_idx, cfg.batch_size, rng)
+    train_idx, val_idx, val_rows = _held_out(demos, rows, cfg, rng)
     gen = torch.Generator().manual_seed(cfg.seed)
-    groups = _param_groups(model, cfg.weight_decay, probe)
-    params = [p for g in groups for p in g["params"]]  # type: ignore[attr-defined]
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
 
-    history: list[dict[str, float]] = []
-    val_history: list[dict[str, float]] = []
-    window: dict[str, list[float]] = {}
-    model.train()
-    for step in range(cfg.steps):
-        lr = learning_rate(step, cfg.steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        losses = _losses(model, rows.take(batches.next()), cfg, gen, probe)
-        opt.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
-        for key, value in {**losses, "grad_norm": grad_norm}.items():
-            window.setdefault(key, []).append(value.item())
-        done = step + 1
-        if done % cfg.log_interval == 0 or done == cfg.steps:
-            report = {key: float(np.mean(values)) for key, values in window.items()}
-            report["lr"] = lr
-            history.append({"step": done, **report})
-            window = {}
-            if on_progress is not None:
-                on_progress(done, cfg.steps, report)
-        if val_rows is not None and (done % cfg.eval_interval == 0 or done == cfg.steps):
-            model.eval()
-            scores = _evaluate(
-                model, val_rows, cfg.batch_size, cfg.seed + 1, probe, cfg.probe_layer
-            )
-            model.train()
-            val_history.append({"step": done, **scores})
-            if on_progress is not None:
-                on_progress(done, cfg.steps, {f"val_{k}": v for k, v in scores.items()})
-    model.eval()
-    wall = time.perf_counter() - started
+    def evaluate() -> dict[str, float]:
+        assert val_rows is not None
+        return _evaluate(
+            model, val_rows, cfg.batch_size, cfg.seed + 1, units, probe, cfg.probe_layer
+        )
 
-    metrics: dict[str, object] = {
-        "steps": cfg.steps,
-        "samples": len(demos),
-        "train_samples": len(train_idx),
-        "val_samples": len(val_idx),
-        "episodes": len(np.unique(demos.episode)),
+    if on_stage is not None:
+        on_stage("system2")
+    fit = _fit(
+        model,
+        _System2(model, probe),
+        lambda idx: _system2_losses(model, rows.take(idx), cfg, gen, probe),
+        _Batches(train_idx, cfg.batch_size, rng),
+        cfg.steps,
+        cfg,
+        evaluate if val_rows is not None else None,
+        on_progress,
+    )
+    metrics = {
+        **_fit_metrics(fit, cfg.steps, demos, len(train_idx), len(val_idx)),
         "grounding": grounding is not None,
-        "wall_time_s": wall,
-        "steps_per_s": cfg.steps / wall,
-        "first": {k: v for k, v in history[0].items() if k != "step"},
-        "final": {k: v for k, v in history[-1].items() if k != "step"},
-        "val": val_history[-1] if val_history else None,
-        "history": history,
-        "val_history": val_history,
     }
     origin = {
         **policy.origin,
@@ -572,6 +725,74 @@ def train_policy(
             "final": metrics["final"],
             "val": metrics["val"],
             "config": dataclasses.asdict(cfg),
+        },
+    }
+    system2 = dataclasses.replace(policy, model=model, normalization=norm, origin=origin)
+    if on_stage is not None:
+        on_stage("system1")
+    trained, s1_metrics = train_system1(system2, demos, cfg, on_progress)
+    metrics["wall_time_s"] = float(metrics["wall_time_s"]) + float(s1_metrics["wall_time_s"])
+    return trained, {**metrics, "system1": s1_metrics}
+
+
+def train_system1(
+    policy: ReferencePolicy,
+    demos: DemoSet,
+    cfg: TrainConfig = TrainConfig(),
+    on_progress: ProgressFn | None = None,
+) -> tuple[ReferencePolicy, dict[str, object]]:
+    """(Re)train System 1 alone on `demos`; every other weight stays bit-identical.
+
+    System 2's normalization (state and action statistics) is the policy's own; System 1's
+    offset statistics come from `demos`. System 1 starts from a fresh initialisation (seeded by
+    `cfg.seed`), so a checkpoint whose System 1 was trained in other units can be brought up to
+    date. Held-out scores (`plan_slice_rad` before and `s1_slice_rad` after System 1) use the
+    policy's own System 2 plans, as the runtime does.
+    """
+    cfg.validate()
+    if len(demos) == 0:
+        raise InvalidSetting("demos", "the demonstration set is empty")
+    own = normalization_from_demos(demos, policy.config.s1_horizon)
+    norm = msgspec.structs.replace(
+        policy.normalization, s1_delta_mean=own.s1_delta_mean, s1_delta_std=own.s1_delta_std
+    )
+    units = _System1Units.of(norm)
+    model = copy.deepcopy(policy.model).float()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed + 0x51)
+        model.system1 = System1Net(model.cfg)
+    rows = _rows(policy, demos, norm)
+    # The same held-out episodes as System 2's behaviour cloning (same seed, same first draws).
+    rng = np.random.default_rng(cfg.seed)
+    train_idx, val_idx, val_rows = _held_out(demos, rows, cfg, rng)
+    gen = torch.Generator().manual_seed(cfg.seed + 0x51)
+
+    def evaluate() -> dict[str, float]:
+        assert val_rows is not None
+        return _evaluate(model, val_rows, cfg.batch_size, cfg.seed + 1, units, system1=True)
+
+    fit = _fit(
+        model,
+        model.system1,
+        lambda idx: _system1_losses(model, rows.take(idx), cfg, gen),
+        _Batches(train_idx, cfg.batch_size, rng),
+        cfg.system1_steps,
+        cfg,
+        evaluate if val_rows is not None else None,
+        on_progress,
+    )
+    metrics = _fit_metrics(fit, cfg.system1_steps, demos, len(train_idx), len(val_idx))
+    origin = {
+        **policy.origin,
+        "system1_training": {
+            "samples": len(demos),
+            "episodes": metrics["episodes"],
+            "units": "offsets from the state, per-row normalized (bundle schema 3)",
+            "final": metrics["final"],
+            "val": metrics["val"],
+            "steps": cfg.system1_steps,
+            "s1_theta": cfg.s1_theta,
+            "seed": cfg.seed,
         },
     }
     trained = dataclasses.replace(policy, model=model, normalization=norm, origin=origin)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -244,6 +245,41 @@ def _check_signatures(bundle_dir: Path, manifest: Manifest, specs: dict[str, Gra
                     )
 
 
+def _check_s1_units(manifest_path: Path, manifest: Manifest, cfg: ModelConfig) -> None:
+    """System 1's slice is an offset from the state: both must name the same quantities."""
+    norm, space = manifest.normalization, manifest.action_space
+    if space.state_names != space.action_names:
+        raise BundleSchemaError(
+            manifest_path,
+            "action_space.state_names",
+            f"{space.state_names} must equal action_names {space.action_names}: System 1 "
+            "works on each action's offset from the state of the same name",
+        )
+    want = (cfg.s1_horizon, cfg.action_dim)
+    for field in ("s1_delta_mean", "s1_delta_std"):
+        value = getattr(norm, field)
+        if value is None:
+            raise BundleSchemaError(
+                manifest_path,
+                f"normalization.{field}",
+                "is missing (a checkpoint from before System 1 worked on offsets; retrain it "
+                "with `edgevla train system1`)",
+            )
+        shape = (len(value), *{len(row) for row in value})
+        if shape != want:
+            raise BundleShapeMismatch(
+                manifest_path,
+                f"normalization.{field}",
+                f"is {len(value)} rows of lengths {sorted({len(r) for r in value})}; "
+                f"the model needs {want[0]} rows (s1_horizon) of {want[1]} (action_dim)",
+            )
+        if not all(math.isfinite(x) for row in value for x in row):
+            raise BundleSchemaError(manifest_path, f"normalization.{field}", "must be finite")
+    assert norm.s1_delta_std is not None
+    if any(not (x > 0) for row in norm.s1_delta_std for x in row):
+        raise BundleSchemaError(manifest_path, "normalization.s1_delta_std", "must all be > 0")
+
+
 def _check_spaces(bundle_dir: Path, manifest: Manifest, cfg: ModelConfig) -> None:
     manifest_path = bundle_dir / MANIFEST_NAME
     norm, space = manifest.normalization, manifest.action_space
@@ -264,6 +300,7 @@ def _check_spaces(bundle_dir: Path, manifest: Manifest, cfg: ModelConfig) -> Non
     for field in ("state_std", "action_std"):
         if any(not (s > 0) for s in getattr(norm, field)):
             raise BundleSchemaError(manifest_path, f"normalization.{field}", "must all be > 0")
+    _check_s1_units(manifest_path, manifest, cfg)
     # The runtime drives joints to absolute targets in rad and the gripper to an opening
     # fraction; a bundle in any other action space would be executed with the wrong meaning.
     if space.kind != ACTION_KIND:

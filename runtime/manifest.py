@@ -11,7 +11,9 @@ from edgevla.runtime.errors import InvalidSetting
 
 # 2: System 1 sees per-patch frame tokens; parity gates Q and robot units by max abs error and
 # gates the choice (`parity.choice`); the action space's kind and units are checked.
-SCHEMA_VERSION = 2
+# 3: System 1 works on the plan slice as offsets from the current state, normalized per row
+# (`normalization.s1_delta_mean/std`); a version-2 System 1 read absolute targets.
+SCHEMA_VERSION = 3
 MANIFEST_NAME = "manifest.json"
 
 
@@ -48,12 +50,21 @@ class ActionSpace(_Strict):
 
 
 class Normalization(_Strict):
-    """Affine statistics: normalized = (x - mean) / std, per state and action dimension."""
+    """Affine statistics: normalized = (x - mean) / std, per state and action dimension.
+
+    System 1 has units of its own: row k of its slice is the offset of that row's target from
+    the current state, normalized by `s1_delta_mean[k]` / `s1_delta_std[k]` ([s1_horizon][A]),
+    so that its re-noise level θ1 is a fraction of a slice's typical motion rather than of the
+    whole workspace. None only in checkpoints trained before System 1 had these units; the
+    bundle loader and the exporter refuse it.
+    """
 
     state_mean: list[float]
     state_std: list[float]
     action_mean: list[float]
     action_std: list[float]
+    s1_delta_mean: list[list[float]] | None = None
+    s1_delta_std: list[list[float]] | None = None
 
 
 class TokenizerEntry(_Strict):

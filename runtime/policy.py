@@ -105,7 +105,8 @@ class DualSystemPolicy:
     ) -> np.ndarray:
         """System 1: the refined [s1_horizon, A] slice of `plan` from `start_step`, robot units."""
         cfg = self.bundle.model
-        slice_ = system1.plan_slice(plan.result.chunk, start_step, cfg.s1_horizon)
+        rows = system1.plan_slice(plan.chunk, start_step, cfg.s1_horizon)
+        slice_ = self.normalizer.to_system1(rows, obs.state)
         noise = system2.sample_noise(rng, slice_.shape)
         refined = system1.react(
             self.backend,
@@ -116,4 +117,4 @@ class DualSystemPolicy:
             self.sampling.s1_theta,
             self.sampling.s1_steps,
         )
-        return self.normalizer.unnormalize_actions(refined)
+        return self.normalizer.from_system1(refined, obs.state)

@@ -2,6 +2,9 @@
 
 The slice of the chosen chunk that covers the next `s1_horizon` steps is re-noised to θ1 and
 denoised from θ1 to 0 conditioned on the newest frame and state (Hume's cascaded denoising).
+The slice arrives in System 1's own units (`Normalizer.to_system1`: each row's offset from the
+current state, normalized by the spread of a slice's motion), so θ1 is a fraction of the motion
+being refined, not of the workspace.
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ def react(
     theta1: float,
     steps: int,
 ) -> np.ndarray:
-    """Refine a normalized plan slice [h1, A] from the newest frame and normalized state [1, S]."""
+    """Refine a plan slice [h1, A] in System 1's units from the newest frame and normalized
+    state [1, S]; the result is in the same units."""
     x = renoise(slice_, noise, theta1)[None]
     dt = np.float32(theta1 / steps)
     for k in range(steps):

@@ -164,3 +164,35 @@ def save_values(values: ValueSet, path: Path) -> None:
 def load_values(path: Path) -> ValueSet:
     arrays, card = _read(Path(path), VALUE_FORMAT, _VALUE_ARRAYS)
     return ValueSet(**arrays, instructions=list(card["instructions"]), meta=card.get("meta", {}))
+
+
+def concat_demos(sets: list[DemoSet]) -> DemoSet:
+    """One training set from several (demonstrations plus DAgger rows, say): instruction lists
+    are merged and every row's index remapped; `meta["parts"]` keeps each set's card."""
+    if not sets:
+        raise DatasetError("no demonstration sets to combine")
+    if len(sets) == 1:
+        return sets[0]
+    periods = {d.step_period_s for d in sets}
+    if len(periods) != 1:
+        raise DatasetError(f"demonstration sets disagree on step_period_s: {sorted(periods)}")
+    shapes = {(d.images.shape[1:], d.actions.shape[1:], d.state.shape[1:]) for d in sets}
+    if len(shapes) != 1:
+        raise DatasetError(f"demonstration sets disagree on frame, chunk or state shapes: {shapes}")
+    instructions = sorted({text for d in sets for text in d.instructions})
+    where = {text: i for i, text in enumerate(instructions)}
+    index = [
+        np.array([where[t] for t in d.instructions], np.int16)[d.instruction_index] for d in sets
+    ]
+    tasks = {d.meta.get("task") for d in sets}
+    return DemoSet(
+        images=np.concatenate([d.images for d in sets]),
+        state=np.concatenate([d.state for d in sets]),
+        actions=np.concatenate([d.actions for d in sets]),
+        instruction_index=np.concatenate(index),
+        episode=np.concatenate([d.episode for d in sets]),
+        step=np.concatenate([d.step for d in sets]),
+        instructions=instructions,
+        step_period_s=periods.pop(),
+        meta={"task": tasks.pop() if len(tasks) == 1 else None, "parts": [d.meta for d in sets]},
+    )

@@ -79,6 +79,7 @@ class _RunSpec:
     choice: str
     record_every: int
     sampling: tuple[tuple[str, float], ...] = ()
+    keep_events: bool = False
 
 
 class _Runner:
@@ -102,7 +103,7 @@ class _Runner:
             touch_episode(seed),
             spec.settings,
             self.policy.bundle.manifest.action_space.step_period_s,
-            keep_events=spec.choice == "random",
+            keep_events=spec.keep_events or spec.choice == "random",
             record_every=spec.record_every,
         )
 
@@ -130,11 +131,18 @@ def run_policy_episodes(
     record_every: int = 0,
     sampling: dict[str, float] | None = None,
     on_episode: Callable[[EpisodeResult], None] | None = None,
+    keep_events: bool = False,
 ) -> list[EpisodeResult]:
     """Run the bundle on `seeds` (in order), in `workers` processes; `sampling` overrides the
-    bundle's sampling defaults (checked like the bundle's own)."""
+    bundle's sampling defaults (checked like the bundle's own); `keep_events` keeps every plan's
+    observation and chunk (always kept with choice "random", whose rollouts train the critics)."""
     spec = _RunSpec(
-        str(bundle), settings, choice, record_every, tuple(sorted((sampling or {}).items()))
+        str(bundle),
+        settings,
+        choice,
+        record_every,
+        tuple(sorted((sampling or {}).items())),
+        keep_events,
     )
     results: list[EpisodeResult] = []
     if workers > 1:

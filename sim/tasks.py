@@ -10,7 +10,8 @@ target colour and a small perturbation of the start pose around home, so that a 
 succeed by replaying one trajectory.
 
 Seeds: demonstrations use seeds below `HELD_OUT_SEED_BASE`; evaluation uses seeds from it up, so
-no evaluated layout was ever seen in training.
+no evaluated layout was ever seen in training. Settings are chosen on validation seeds (from
+`VALIDATION_SEED_BASE`), so the held-out results are not also the ones a setting was picked on.
 """
 
 from __future__ import annotations
@@ -64,9 +65,26 @@ def touch_episode(seed: int) -> Episode:
     return Episode(seed, target, TOUCH_INSTRUCTION.format(colour=target), q0)
 
 
+# Validation episodes for choosing settings (θ1, N, ...) before the held-out evaluation: in the
+# training range but apart from demonstrations (from 0) and value rollouts (from 100 000).
+VALIDATION_SEED_BASE = 200_000
+SPLITS = ("held-out", "validation")
+
+
 def held_out_seeds(start: int, count: int) -> list[int]:
     """Evaluation seeds: `count` seeds from `HELD_OUT_SEED_BASE + start`."""
     return [HELD_OUT_SEED_BASE + start + i for i in range(count)]
+
+
+def split_seeds(split: str, start: int, count: int) -> list[int]:
+    """`count` seeds of a split: "held-out" (reported results) or "validation" (tuning)."""
+    if split == "held-out":
+        return held_out_seeds(start, count)
+    if split == "validation":
+        if start + count > HELD_OUT_SEED_BASE - VALIDATION_SEED_BASE:
+            raise ValueError("validation seeds would run into the held-out range")
+        return [VALIDATION_SEED_BASE + start + i for i in range(count)]
+    raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
 
 
 class TouchJudge:

@@ -518,6 +518,55 @@ def test_non_positive_std_is_refused(bundle_copy: Path, key: str, value: float) 
     assert "> 0" in str(exc)
 
 
+@pytest.mark.parametrize("key", ["s1_delta_mean", "s1_delta_std"])
+def test_missing_system1_statistics_are_refused_with_the_fix(bundle_copy: Path, key: str) -> None:
+    """A schema-2 era System 1 read absolute targets; its offsets statistics are absent."""
+    edit_manifest(bundle_copy, set_at(("normalization", key), None))
+    exc = refused(bundle_copy, BundleSchemaError)
+    assert_names_manifest(exc, bundle_copy, f"normalization.{key}")
+    assert "edgevla train system1" in str(exc)
+
+
+@pytest.mark.parametrize("key", ["s1_delta_mean", "s1_delta_std"])
+@pytest.mark.parametrize("where", ["rows", "columns", "ragged"])
+def test_system1_statistics_of_wrong_shape_are_refused(
+    bundle_copy: Path, key: str, where: str
+) -> None:
+    def change(m: dict[str, Any]) -> None:
+        rows = m["normalization"][key]
+        if where == "rows":
+            m["normalization"][key] = rows[:-1]
+        elif where == "columns":
+            m["normalization"][key] = [r[:-1] for r in rows]
+        else:
+            m["normalization"][key] = [rows[0][:-1], *rows[1:]]
+
+    edit_manifest(bundle_copy, change)
+    exc = refused(bundle_copy, BundleShapeMismatch)
+    assert_names_manifest(exc, bundle_copy, f"normalization.{key}")
+    assert "s1_horizon" in str(exc)
+
+
+@pytest.mark.parametrize("value", [0.0, -0.01])
+def test_non_positive_system1_std_is_refused(bundle_copy: Path, value: float) -> None:
+    edit_manifest(bundle_copy, set_at(("normalization", "s1_delta_std", 1, 2), value))
+    exc = refused(bundle_copy, BundleSchemaError)
+    assert_names_manifest(exc, bundle_copy, "normalization.s1_delta_std")
+    assert "> 0" in str(exc)
+
+
+def test_state_that_names_other_quantities_than_the_actions_is_refused(bundle_copy: Path) -> None:
+    """System 1 works on each action's offset from the state of the same name."""
+
+    def change(m: dict[str, Any]) -> None:
+        names = m["action_space"]["state_names"]
+        names[0], names[1] = names[1], names[0]
+
+    edit_manifest(bundle_copy, change)
+    exc = refused(bundle_copy, BundleSchemaError)
+    assert_names_manifest(exc, bundle_copy, "action_space.state_names")
+
+
 # ----------------------------------------------------------------------------- paths
 
 

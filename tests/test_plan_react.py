@@ -95,6 +95,24 @@ def test_react_refines_the_slice_for_now(policy: DualSystemPolicy) -> None:
     assert late.shape == refined.shape
 
 
+def test_system1_sees_the_slice_as_offsets_from_the_state(policy: DualSystemPolicy) -> None:
+    """System 1's units: converting there and back is exact, and moving the arm and the plan
+    together leaves what System 1 sees unchanged (θ1 is a fraction of the slice's motion)."""
+    cfg, n = policy.bundle.model, policy.normalizer
+    plan = policy.plan(observation(policy), np.random.default_rng(0))
+    rows = plan.chunk[: cfg.s1_horizon]
+    state = observation(policy).state
+    x = n.to_system1(rows, state)
+    assert x.shape == rows.shape and x.dtype == np.float32
+    np.testing.assert_allclose(n.from_system1(x, state), rows, atol=1e-5)
+    shift = np.full(cfg.state_dim, 0.3, np.float32)
+    np.testing.assert_allclose(n.to_system1(rows + shift, state + shift), x, atol=1e-3)
+    expected = (rows - state - n.s1_delta_mean) / n.s1_delta_std
+    np.testing.assert_allclose(x, expected, rtol=1e-5, atol=1e-4)
+    with pytest.raises(InferenceInputError, match="NaN"):
+        n.to_system1(rows, np.full(cfg.state_dim, np.nan, np.float32))
+
+
 def test_start_times_and_slices() -> None:
     np.testing.assert_allclose(system2.candidate_start_times(1, 0.9, 1.0), [1.0])
     times = system2.candidate_start_times(5, 0.9, 1.0)

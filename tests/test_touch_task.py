@@ -16,7 +16,9 @@ from edgevla.sim.demos import (
     ARRAYS,
     CARD,
     DatasetError,
+    DemoSet,
     ValueSet,
+    concat_demos,
     load_demos,
     load_values,
     save_demos,
@@ -261,3 +263,82 @@ def test_the_system1_path_commits_the_refined_rows_and_the_plan_tail() -> None:
         result = run_episode(_IdentityReflex(8, STEP_S), touch_episode(seed), settings, STEP_S)
         assert result.outcome is Outcome.SUCCESS, result.summary()
         assert result.reactions > 5 * result.plans
+
+
+def test_validation_seeds_stay_apart_from_training_and_held_out_seeds() -> None:
+    from edgevla.sim.tasks import VALIDATION_SEED_BASE, split_seeds
+
+    assert split_seeds("held-out", 3, 2) == held_out_seeds(3, 2)
+    validation = split_seeds("validation", 0, 50)
+    assert validation[0] == VALIDATION_SEED_BASE and len(set(validation)) == 50
+    assert max(validation) < HELD_OUT_SEED_BASE
+    with pytest.raises(ValueError, match="held-out range"):
+        split_seeds("validation", HELD_OUT_SEED_BASE - VALIDATION_SEED_BASE - 1, 2)
+    with pytest.raises(ValueError, match="split must be one of"):
+        split_seeds("train", 0, 1)
+
+
+def _demo_set(instructions: list[str], index: list[int], seed: int, meta: dict) -> DemoSet:
+    n = len(index)
+    return DemoSet(
+        images=np.full((n, 2, 8, 8, 3), seed % 255, np.uint8),
+        state=np.full((n, 7), seed, np.float32),
+        actions=np.full((n, 4, 7), seed, np.float32),
+        instruction_index=np.array(index, np.int16),
+        episode=np.full(n, seed, np.int32),
+        step=np.arange(n, dtype=np.int32),
+        instructions=instructions,
+        step_period_s=STEP_S,
+        meta=meta,
+    )
+
+
+def test_combined_sets_remap_instructions_and_keep_every_card() -> None:
+    a = _demo_set(["touch the red cube", "touch the blue cube"], [0, 1, 1], 1, {"task": "touch"})
+    b = _demo_set(["touch the green cube", "touch the red cube"], [1, 0], 2, {"task": "touch"})
+    both = concat_demos([a, b])
+    assert len(both) == 5 and both.meta["task"] == "touch"
+    assert [both.instruction(i) for i in range(5)] == [
+        "touch the red cube",
+        "touch the blue cube",
+        "touch the blue cube",
+        "touch the red cube",
+        "touch the green cube",
+    ]
+    assert both.meta["parts"] == [a.meta, b.meta]
+    np.testing.assert_array_equal(both.episode, [1, 1, 1, 2, 2])
+    other_rate = dataclasses.replace(b, step_period_s=0.1)
+    with pytest.raises(DatasetError, match="step_period_s"):
+        concat_demos([a, other_rate])
+    other_chunk = dataclasses.replace(b, actions=np.zeros((2, 8, 7), np.float32))
+    with pytest.raises(DatasetError, match="shapes"):
+        concat_demos([a, other_chunk])
+
+
+def test_dagger_labels_every_policy_plan_with_the_expert_from_that_state(tmp_path: Path) -> None:
+    """Rows from a policy's own episode: frames and states the policy saw, labels the expert's
+    chunk from each state (checked against a fresh expert), loadable as demonstrations."""
+    from edgevla.export.bundle_writer import ExportOptions, export_bundle
+    from edgevla.export.checkpoint import load_checkpoint
+    from edgevla.sim.dagger import collect_dagger
+    from edgevla.sim.expert import TouchExpert
+    from edgevla.sim.scene import cube_layout
+
+    checkpoint = Path(__file__).resolve().parent.parent / "checkpoints" / "touch-tiny"
+    bundle = tmp_path / "bundle"
+    export_bundle(load_checkpoint(checkpoint), bundle, ExportOptions(candidates=1))
+    settings = EpisodeSettings(timeout_s=1.0)  # 5 plans at 5 Hz, System 1 on
+    rows = collect_dagger(bundle, [300_000], settings)
+    assert rows.meta["source"] == "dagger" and rows.meta["episodes_kept"] == 1
+    assert len(rows) == 5 and rows.actions.shape == (5, 8, 7)
+    assert rows.images.dtype == np.uint8 and rows.images.shape[1:] == (2, 32, 32, 3)
+    np.testing.assert_array_equal(rows.step, [0, 4, 8, 12, 16])  # 0.2 s apart, 0.05 s steps
+    episode = touch_episode(300_000)
+    expert = TouchExpert(np.asarray(cube_layout(300_000)[episode.target]), 8, STEP_S)
+    for state, label in zip(rows.state, rows.actions, strict=True):
+        np.testing.assert_allclose(label, expert.plan(state), atol=1e-6)
+    # The states are the policy's: they move, and the expert's label is not the state held.
+    assert np.abs(rows.state[-1, :6] - rows.state[0, :6]).max() > 0.01
+    assert np.abs(rows.actions[:, -1, :6] - rows.state[:, :6]).max() > 0.01
+    save_demos(rows, tmp_path / "dagger")
+    assert len(load_demos(tmp_path / "dagger")) == 5

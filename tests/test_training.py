@@ -22,6 +22,7 @@ from edgevla.export.checkpoint import (
 from edgevla.export.configs import get_config
 from edgevla.export.reference import build_model
 from edgevla.export.training import (
+    S1_STD_FLOOR,
     STD_FLOOR,
     TrainConfig,
     correlations,
@@ -29,6 +30,7 @@ from edgevla.export.training import (
     normalization_from_demos,
     shift_images,
     train_policy,
+    train_system1,
     train_value,
 )
 from edgevla.runtime.errors import InvalidSetting
@@ -40,7 +42,9 @@ INSTRUCTIONS = ["reach the red block", "reach the blue block"]
 COLOURS = np.array([[220, 30, 30], [30, 30, 220]], np.uint8)
 SQUARE = 6
 # Few steps, small batches: the file must stay fast on a 2-core machine.
-QUICK = TrainConfig(steps=5, batch_size=8, warmup_steps=2, log_interval=1, eval_samples=8)
+QUICK = TrainConfig(
+    steps=5, system1_steps=5, batch_size=8, warmup_steps=2, log_interval=1, eval_samples=8
+)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -112,26 +116,37 @@ def demos() -> DemoSet:
 
 
 @pytest.fixture(scope="module")
-def trained(demos: DemoSet) -> tuple[ReferencePolicy, ReferencePolicy, np.ndarray, dict]:
-    """(untrained, trained, per-step [total, bc, s1] losses, metrics) after 150 steps."""
+def trained(demos: DemoSet) -> tuple[ReferencePolicy, ReferencePolicy, dict, dict]:
+    """(untrained, trained, per-stage per-step losses, metrics) after 150 + 150 steps."""
     untrained = init_policy(TINY, 3)
-    losses: list[tuple[float, float, float]] = []
+    losses: dict[str, list[float]] = {}
+    stages: list[str] = []
 
     def record(step: int, total: int, report: dict[str, float]) -> None:
         if "loss" in report:  # evaluations report val_* keys only
-            losses.append((report["loss"], report["bc"], report["s1"]))
+            losses.setdefault(stages[-1], []).append(report["loss"])
 
-    cfg = TrainConfig(steps=150, batch_size=16, warmup_steps=10, log_interval=1, eval_samples=8)
-    policy, metrics = train_policy(untrained, demos, cfg, on_progress=record)
-    return untrained, policy, np.array(losses), metrics
+    cfg = TrainConfig(
+        steps=150,
+        system1_steps=150,
+        batch_size=16,
+        warmup_steps=10,
+        log_interval=1,
+        eval_samples=8,
+    )
+    policy, metrics = train_policy(untrained, demos, cfg, record, on_stage=stages.append)
+    assert stages == ["system2", "system1"]
+    return untrained, policy, {k: np.array(v) for k, v in losses.items()}, metrics
 
 
 def test_training_lowers_the_loss_and_changes_only_trained_weights(trained) -> None:
     untrained, policy, losses, metrics = trained
-    assert losses.shape == (150, 3) and metrics["steps"] == 150
-    # Mean of the first vs the last 15 steps: about 0.56 / 0.50 / 0.63 over seeds 0-4.
-    ratio = losses[-15:].mean(0) / losses[:15].mean(0)
-    assert ratio[0] < 0.75 and ratio[1] < 0.7 and ratio[2] < 0.85, ratio
+    assert metrics["steps"] == 150 and metrics["system1"]["steps"] == 150
+    assert len(losses["system2"]) == 150 and len(losses["system1"]) == 150
+    # Mean of the first vs the last 15 steps.
+    for stage, limit in (("system2", 0.75), ("system1", 0.85)):
+        ratio = losses[stage][-15:].mean() / losses[stage][:15].mean()
+        assert ratio < limit, (stage, ratio)
     before, after = untrained.model.state_dict(), policy.model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert any(k.startswith("expert_layers.") for k in changed)
@@ -143,11 +158,13 @@ def test_training_lowers_the_loss_and_changes_only_trained_weights(trained) -> N
         torch.equal(before[k], v) for k, v in init_policy(TINY, 3).model.state_dict().items()
     )
     assert metrics["val"] is not None and np.isfinite(metrics["val"]["plan_mse"])
-    assert "behaviour_cloning" in policy.origin
+    s1_val = metrics["system1"]["val"]
+    assert np.isfinite(s1_val["s1_slice_rad"]) and np.isfinite(s1_val["plan_slice_rad"])
+    assert "behaviour_cloning" in policy.origin and "system1_training" in policy.origin
 
 
 def test_normalization_matches_numpy_and_floors_a_constant_dimension(demos: DemoSet) -> None:
-    norm = normalization_from_demos(demos)
+    norm = normalization_from_demos(demos, TINY.s1_horizon)
     rows = demos.actions.reshape(-1, demos.actions.shape[-1]).astype(np.float64)
     np.testing.assert_allclose(norm.state_mean, demos.state.astype(np.float64).mean(0))
     np.testing.assert_allclose(norm.action_mean, rows.mean(0))
@@ -155,10 +172,48 @@ def test_normalization_matches_numpy_and_floors_a_constant_dimension(demos: Demo
     np.testing.assert_allclose(norm.action_std[:6], rows[:, :6].std(0))
     # The gripper never moves in these demos: its std is the floor, not 0.
     assert norm.state_std[6] == STD_FLOOR and norm.action_std[6] == STD_FLOOR
+    # System 1: per (row, dimension) statistics of each row's offset from the state.
+    offsets = demos.actions[:, : TINY.s1_horizon].astype(np.float64) - demos.state[:, None]
+    np.testing.assert_allclose(norm.s1_delta_mean, offsets.mean(0), atol=1e-12)
+    np.testing.assert_allclose(np.array(norm.s1_delta_std)[:, :6], offsets[..., :6].std(0))
+    assert np.array(norm.s1_delta_std).shape == (TINY.s1_horizon, TINY.action_dim)
+    assert all(row[6] == S1_STD_FLOOR for row in norm.s1_delta_std)
+    # Later rows move further from the state than the first: the per-row spread grows.
+    spread = np.array(norm.s1_delta_std)[:, 0]
+    assert spread[-1] > 2 * spread[0]
+
+
+def test_normalization_refuses_a_state_unlike_the_actions(demos: DemoSet) -> None:
+    short = dataclasses.replace(demos, state=demos.state[:, :6])
+    with pytest.raises(InvalidSetting, match=r"demos\.state"):
+        normalization_from_demos(short, TINY.s1_horizon)
 
 
 def test_trained_policy_carries_the_demos_normalization(trained, demos: DemoSet) -> None:
-    assert trained[1].normalization == normalization_from_demos(demos)
+    assert trained[1].normalization == normalization_from_demos(demos, TINY.s1_horizon)
+
+
+def test_train_system1_changes_only_system1_and_keeps_system2_statistics(
+    trained, demos: DemoSet
+) -> None:
+    """Retraining System 1 on other demonstrations: System 2's weights and statistics are the
+    checkpoint's own; System 1's offsets statistics are the new demonstrations'."""
+    policy = trained[1]
+    other = synthetic_demos(seed=5)
+    retrained, metrics = train_system1(policy, other, QUICK)
+    before, after = policy.model.state_dict(), retrained.model.state_dict()
+    changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"system1"}
+    own = normalization_from_demos(other, TINY.s1_horizon)
+    norm = retrained.normalization
+    assert norm.s1_delta_mean == own.s1_delta_mean and norm.s1_delta_std == own.s1_delta_std
+    assert norm.state_mean == policy.normalization.state_mean
+    assert norm.action_std == policy.normalization.action_std
+    assert metrics["steps"] == QUICK.system1_steps
+    assert retrained.origin["system1_training"]["steps"] == QUICK.system1_steps
+    # Deterministic: the same call again gives the same System 1.
+    again, _ = train_system1(policy, other, QUICK)
+    assert all(torch.equal(v, again.model.state_dict()[k]) for k, v in after.items())
 
 
 def test_same_seed_gives_identical_weights_and_another_seed_does_not(demos: DemoSet) -> None:
@@ -258,3 +313,66 @@ def test_spearman_averages_tied_ranks() -> None:
 def test_config_refuses_a_theta_the_runtime_cannot_use() -> None:
     with pytest.raises(InvalidSetting, match="s1_theta"):
         TrainConfig(s1_theta=0.0).validate()
+    with pytest.raises(InvalidSetting, match="system1_steps"):
+        TrainConfig(system1_steps=0).validate()
+
+
+def test_the_cli_default_theta_is_the_training_default() -> None:
+    from edgevla.cli_learning import TRAIN_S1_THETA
+
+    assert TrainConfig().s1_theta == TRAIN_S1_THETA
+
+
+def test_a_checkpoint_from_before_system1_offsets_loads_but_does_not_export(
+    trained, tmp_path
+) -> None:
+    """Checkpoints saved before bundle schema 3 have no System 1 offset statistics: they load
+    (so `train system1` can bring them up to date) and the exporter refuses them by name."""
+    import json
+
+    from edgevla.export.bundle_writer import export_bundle
+
+    save_checkpoint(trained[1], tmp_path / "old")
+    config_path = tmp_path / "old" / "config.json"
+    config = json.loads(config_path.read_text())
+    del config["normalization"]["s1_delta_mean"], config["normalization"]["s1_delta_std"]
+    config_path.write_text(json.dumps(config))
+    old = load_checkpoint(tmp_path / "old")
+    assert old.normalization.s1_delta_mean is None
+    with pytest.raises(InvalidSetting, match="edgevla train system1"):
+        export_bundle(old, tmp_path / "bundle")
+    assert not (tmp_path / "bundle").exists()
+
+
+def test_train_system1_command_replaces_system1_and_rewrites_the_card(
+    trained, demos: DemoSet, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`edgevla train system1` on a finished checkpoint (one with a value record): System 1
+    changes, nothing else does, and the card lists the command and System 1's numbers."""
+    import json
+
+    from edgevla.cli import main
+    from edgevla.sim.demos import save_demos
+
+    save_checkpoint(trained[1], tmp_path / "ckpt")
+    value_record = {"samples": 10, "episodes": 2, "steps": 1, "held_out": {"spearman": 0.5}}
+    (tmp_path / "ckpt" / "train_value.json").write_text(json.dumps(value_record))
+    (tmp_path / "ckpt" / "train_policy.json").write_text(json.dumps(trained[3], default=float))
+    save_demos(synthetic_demos(seed=9), tmp_path / "demos")
+    argv = ["train", "system1", "--checkpoint", str(tmp_path / "ckpt"), "--threads", "1"]
+    argv += ["--demos", str(tmp_path / "demos"), "--out", str(tmp_path / "out"), "--steps", "3"]
+    monkeypatch.setattr("sys.argv", ["edgevla", *argv])  # the command line the card records
+    assert main(argv) == 0
+    before = load_checkpoint(tmp_path / "ckpt")
+    after = load_checkpoint(tmp_path / "out")
+    changed = {
+        k.split(".")[0]
+        for k, v in before.model.state_dict().items()
+        if not torch.equal(v, after.model.state_dict()[k])
+    }
+    assert changed == {"system1"}
+    assert "train system1" in after.origin["system1_training"]["command"]
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "train system1" in card and "System 1 held-out s1_slice_rad" in card
+    record = json.loads((tmp_path / "out" / "train_policy.json").read_text())
+    assert record["system1"]["steps"] == 3 and "history" not in record["system1"]
