@@ -1,6 +1,6 @@
 """Closed-loop success of the trained reference policy in every runtime configuration.
 
-  python benchmarks/bench_success.py [--checkpoint checkpoints/touch-tiny] [--episodes 50]
+  python benchmarks/bench_success.py [--checkpoint checkpoints/touch-tiny] [--episodes 100]
 
 Exports the checkpoint twice (N=1 and N=5 candidates: the graphs have static shapes), then
 runs the same held-out episodes (same seeds, same sampling noise per seed) in four
@@ -70,7 +70,7 @@ def gain(name: str, a: str, b: str, runs: dict) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", default=str(ROOT / "checkpoints" / "touch-tiny"))
-    parser.add_argument("--episodes", type=int, default=50)
+    parser.add_argument("--episodes", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0, help="first held-out seed offset")
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()

@@ -151,8 +151,10 @@ def write_model_card(
         + "\n\nClosed-loop success on held-out episodes, per runtime configuration: "
         "`docs/benchmarks.md` (benchmarks/bench_success.py).",
         "## Reproduce\n\n```\n" + "\n".join(commands) + "\n```\n\n"
-        "`make policy` runs these. Generation and training are seeded; rollouts run in worker "
-        "processes whose inference is single-threaded, so they repeat exactly on one machine.",
+        "Generation and training are seeded; rollouts run in worker processes whose inference "
+        "is single-threaded, so each command repeats exactly on one machine. `make policy` runs "
+        'the same pipeline from scratch (`docs/training.md`, "The committed checkpoint", says '
+        "where this checkpoint's own history differs from it).",
     ]
     path = out / "README.md"
     path.write_text("\n\n".join(sections) + "\n")
