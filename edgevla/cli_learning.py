@@ -56,6 +56,17 @@ def _progress(console) -> Progress:
     return _Progress(console)
 
 
+def _episode_tick(progress: Progress, task):
+    """`on_episode` callback: advance the bar and count the successes so far."""
+    wins = [0]
+
+    def tick(result) -> None:
+        wins[0] += result.success
+        progress.update(task, advance=1, info=f"{wins[0]} succeeded")
+
+    return tick
+
+
 # ----------------------------------------------------------------------------- demos
 
 
@@ -106,18 +117,12 @@ def cmd_demos_dagger(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     with _progress(err) as progress:
         task = progress.add_task("policy rollouts", total=args.episodes, info="")
-        wins = [0]
-
-        def tick(result) -> None:
-            wins[0] += result.success
-            progress.update(task, advance=1, info=f"{wins[0]} succeeded")
-
         rows = collect_dagger(
             args.bundle,
             range(args.seed, args.seed + args.episodes),
             settings,
             workers=args.workers,
-            on_episode=tick,
+            on_episode=_episode_tick(progress, task),
         )
     rows.meta["command"] = _command_line()
     # The rolled-out policy's own making, so a checkpoint trained on these rows can say it.
@@ -344,18 +349,12 @@ def cmd_train_value(args: argparse.Namespace) -> int:
                 export_bundle(policy, bundle, ExportOptions(candidates=args.candidates))
             with _progress(err) as progress:
                 task = progress.add_task("rollouts", total=args.episodes, info="")
-                wins = [0]
-
-                def tick(result) -> None:
-                    wins[0] += result.success
-                    progress.update(task, advance=1, info=f"{wins[0]} succeeded")
-
                 values = collect_value_rollouts(
                     bundle,
                     range(args.seed, args.seed + args.episodes),
                     settings,
                     workers=args.workers,
-                    on_episode=tick,
+                    on_episode=_episode_tick(progress, task),
                 )
         if args.rollouts:
             save_values(values, Path(args.rollouts))

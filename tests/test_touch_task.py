@@ -342,3 +342,16 @@ def test_dagger_labels_every_policy_plan_with_the_expert_from_that_state(tmp_pat
     assert np.abs(rows.actions[:, -1, :6] - rows.state[:, :6]).max() > 0.01
     save_demos(rows, tmp_path / "dagger")
     assert len(load_demos(tmp_path / "dagger")) == 5
+
+    # The command: the same rows on disk, with the rolled-out policy's making recorded.
+    from edgevla.cli import main
+
+    argv = ["demos", "dagger", "--bundle", str(bundle), "--out", str(tmp_path / "cli")]
+    assert (
+        main([*argv, "--episodes", "1", "--seed", "300000", "--timeout", "1", "--workers", "1"])
+        == 0
+    )
+    written = load_demos(tmp_path / "cli")
+    np.testing.assert_array_equal(written.actions, rows.actions)
+    assert "behaviour_cloning" in written.meta["policy_origin"]
+    assert main([*argv, "--episodes", "1", "--seed", str(HELD_OUT_SEED_BASE)]) == 1
