@@ -51,6 +51,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         precision=args.precision,
         candidates=args.candidates,
         denoise_steps=args.denoise_steps,
+        expert_cache_every=args.expert_cache_every,
         parity_observations=args.parity_observations,
     )
     with err.status("loading model") as status:
@@ -316,6 +317,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32")
     p.add_argument("--candidates", type=_positive, default=5, metavar="N")
     p.add_argument("--denoise-steps", type=_positive, default=10, metavar="K")
+    p.add_argument(
+        "--expert-cache-every",
+        type=_positive,
+        default=1,
+        metavar="k",
+        help="run the action expert's blocks on every k-th Euler step only and reuse their "
+        "output in between (EfficientVLA action-head caching; 1: off)",
+    )
     p.add_argument("--parity-observations", type=_positive, default=3, metavar="M")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
 

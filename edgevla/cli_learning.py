@@ -424,7 +424,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
             f"{len(settings.cameras)}"
         )
     seeds = split_seeds(args.split, args.seed, args.episodes)
-    sampling = {} if args.s1_theta is None else {"s1_theta": args.s1_theta}
+    sampling: dict[str, float] = {}
+    if args.s1_theta is not None:
+        sampling["s1_theta"] = args.s1_theta
+    if args.expert_cache_every is not None:
+        sampling["expert_cache_every"] = args.expert_cache_every
     if sampling:
         # Refuse a bad override before any worker starts.
         from edgevla.runtime.manifest import validate_sampling
@@ -433,7 +437,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     label = (
         f"N={bundle.candidates} "
         f"{'System 2 + System 1' if settings.system1_enabled else 'System 2 only'}"
-        + (f" θ1={args.s1_theta:g}" if sampling else "")
+        + "".join(f" {key}={value:g}" for key, value in sampling.items())
     )
     with _progress(err) as progress:
         task = progress.add_task(f"eval {label}", total=len(seeds), info="")
@@ -607,6 +611,12 @@ def register(sub, add, group) -> None:
     p.add_argument("--timeout", type=float, metavar="S", help="episode timeout (default 8 s)")
     p.add_argument(
         "--s1-theta", type=float, metavar="θ1", help="System 1 re-noise level (default: bundle's)"
+    )
+    p.add_argument(
+        "--expert-cache-every",
+        type=int,
+        metavar="k",
+        help="action-expert caching: its blocks on every k-th Euler step (default: bundle's)",
     )
     p.add_argument("--workers", type=int, default=2, metavar="W", help="processes")
     p.add_argument("--json", metavar="PATH", help="write the JSON report here")

@@ -71,6 +71,7 @@ class ExportOptions:
     # (N = 5): 84 / 85 / 83 % at θ1 = 0.1 / 0.25 / 0.5, 82 % without System 1 — equal within
     # noise; 0.25 gives System 1 room to correct at no measured cost (docs/benchmarks.md).
     s1_theta: float = 0.25
+    expert_cache_every: int = 1  # 1: the action expert's blocks run at every Euler step
     parity_observations: int = 3
     parity_seed: int = 0
     opset: int | None = None
@@ -97,6 +98,7 @@ class ExportOptions:
             noise_temperature=self.noise_temperature,
             s1_steps=self.s1_steps,
             s1_theta=self.s1_theta,
+            expert_cache_every=self.expert_cache_every,
         )
 
 

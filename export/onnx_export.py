@@ -1,4 +1,4 @@
-"""Export the four graphs of a reference model to ONNX at static shapes.
+"""Export the five graphs of a reference model to ONNX at static shapes.
 
 Each graph is a thin module around one entry point of `DualSystemVLA` whose inputs and outputs
 are exactly the signature `edgevla.runtime.model_config.graph_specs` declares; the written
@@ -66,8 +66,17 @@ class ExpertStepGraph(nn.Module):
         prefix_mask: Tensor,
         noisy_actions: Tensor,
         time: Tensor,
-    ) -> Tensor:
-        return self.model.expert_velocity(prefix_k, prefix_v, prefix_mask, noisy_actions, time)
+    ) -> tuple[Tensor, Tensor]:
+        return self.model.expert_step(prefix_k, prefix_v, prefix_mask, noisy_actions, time)
+
+
+class ExpertCachedGraph(nn.Module):
+    def __init__(self, model: DualSystemVLA) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, noisy_actions: Tensor, time: Tensor, residual: Tensor) -> Tensor:
+        return self.model.expert_velocity_cached(noisy_actions, time, residual)
 
 
 class ValueGraph(nn.Module):
@@ -99,6 +108,7 @@ def graph_module(model: DualSystemVLA, graph: str, precision: str) -> nn.Module:
     modules = {
         "prefix": lambda: PrefixGraph(model, kv),
         "expert_step": lambda: ExpertStepGraph(model),
+        "expert_cached": lambda: ExpertCachedGraph(model),
         "value": lambda: ValueGraph(model),
         "system1": lambda: System1Graph(model),
     }

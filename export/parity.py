@@ -21,6 +21,7 @@ from edgevla.runtime import system1, system2
 from edgevla.runtime.backend import InferenceBackend
 from edgevla.runtime.errors import EdgeVlaError, NonFiniteOutput
 from edgevla.runtime.manifest import ChoiceParity, OutputParity, ParityReport, Sampling
+from edgevla.runtime.model_config import GRAPH_NAMES
 from edgevla.runtime.normalization import Normalizer
 from edgevla.runtime.parity_thresholds import THRESHOLDS, describe_gate, output_passes
 from edgevla.runtime.tokenizer import InstructionTokenizer
@@ -141,13 +142,24 @@ def run_parity_gate(
         noisy = rng.standard_normal((n, h, a)).astype(np.float32)
         t = rng.uniform(0.05, 1.0, n).astype(np.float32)
         with torch.no_grad():
-            ref_v = model.expert_velocity(
+            ref_v, ref_r = model.expert_step(
                 *(torch.from_numpy(c) for c in cache.values()),
                 torch.from_numpy(noisy),
                 torch.from_numpy(t),
-            ).numpy()
+            )
         got_v = backend.run("expert_step", {**cache, "noisy_actions": noisy, "time": t})
-        tally.add("expert_step", "velocity", ref_v, got_v["velocity"])
+        tally.add("expert_step", "velocity", ref_v.numpy(), got_v["velocity"])
+        tally.add("expert_step", "residual", ref_r.numpy(), got_v["residual"])
+        # The cached step on the next step's time, from PyTorch's residual.
+        t_next = (t * 0.9).astype(np.float32)
+        with torch.no_grad():
+            ref_c = model.expert_velocity_cached(
+                torch.from_numpy(noisy), torch.from_numpy(t_next), ref_r
+            ).numpy()
+        got_c = backend.run(
+            "expert_cached", {"noisy_actions": noisy, "time": t_next, "residual": ref_r.numpy()}
+        )
+        tally.add("expert_cached", "velocity", ref_c, got_c["velocity"])
 
         with torch.no_grad():
             ref_q, ref_qc = model.value(
@@ -181,9 +193,10 @@ def run_parity_gate(
 
         # Whole plan and reaction, through the runtime's own functions.
         noise = system2.sample_noise(rng, (n, h, a), sampling.noise_temperature)
-        ref_plan = torch_plan(model, inputs, noise, starts, sampling.denoise_steps)
+        steps, every = sampling.denoise_steps, sampling.expert_cache_every
+        ref_plan = torch_plan(model, inputs, noise, starts, steps, every)
         try:
-            got_plan = system2.plan(backend, inputs, noise, starts, sampling.denoise_steps)
+            got_plan = system2.plan(backend, inputs, noise, starts, steps, every)
         except NonFiniteOutput as exc:
             raise ParityError(f"parity gate failed at {precision}; plan: {exc}") from exc
         tally.add("plan", "candidates", ref_plan.candidates, got_plan.candidates)
@@ -220,7 +233,7 @@ def run_parity_gate(
             raise ParityError(f"parity gate failed at {precision}; react: {exc}") from exc
         tally.add("react", "slice", torch_react(model, *react_args), got_slice)
 
-    graphs = {g: tally.report(g, thresholds) for g in ("prefix", "expert_step", "value", "system1")}
+    graphs = {g: tally.report(g, thresholds) for g in GRAPH_NAMES}
     plan = tally.report("plan", thresholds)
     react = tally.report("react", thresholds)
     choice = ChoiceParity(

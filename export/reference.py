@@ -354,16 +354,36 @@ class DualSystemVLA(nn.Module):
         self, prefix_k: Tensor, prefix_v: Tensor, prefix_mask: Tensor, noisy: Tensor, t: Tensor
     ) -> Tensor:
         """Velocity for N candidates over one prefix (prefix tensors keep their batch of 1)."""
-        cfg, dtype = self.cfg, self.dtype
+        return self.expert_step(prefix_k, prefix_v, prefix_mask, noisy, t)[0]
+
+    def _expert_input(self, noisy: Tensor, t: Tensor) -> Tensor:
         n, h, _ = noisy.shape
         e = self.action_in.out_features
-        time = sinusoidal_time(t, e).to(dtype)[:, None].expand(n, h, e)
-        x = self.action_time_mlp(torch.cat([self.action_in(noisy.to(dtype)), time], dim=-1))
+        time = sinusoidal_time(t, e).to(self.dtype)[:, None].expand(n, h, e)
+        return self.action_time_mlp(torch.cat([self.action_in(noisy.to(self.dtype)), time], dim=-1))
+
+    def expert_step(
+        self, prefix_k: Tensor, prefix_v: Tensor, prefix_mask: Tensor, noisy: Tensor, t: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """(velocity, residual): the residual [N, H, E] float32 is what the expert's attention
+        and MLP blocks added to the action tokens, all layers summed — the cache that
+        `expert_velocity_cached` reuses on the denoising steps in between (EfficientVLA)."""
+        cfg = self.cfg
+        h = noisy.shape[1]
+        x0 = self._expert_input(noisy, t)
         positions = slice(cfg.prefix_len, cfg.prefix_len + h)
         cos, sin = self.rope_cos[positions], self.rope_sin[positions]
-        prefix_k, prefix_v = prefix_k.to(dtype), prefix_v.to(dtype)
+        prefix_k, prefix_v = prefix_k.to(self.dtype), prefix_v.to(self.dtype)
+        x = x0
         for i, layer in enumerate(self.expert_layers):
             x, _, _ = layer(x, cos, sin, prefix_mask, past=(prefix_k[i], prefix_v[i], prefix_mask))
+        velocity = self.action_out(self.expert_norm(x)).float()
+        return velocity, (x - x0).float()
+
+    def expert_velocity_cached(self, noisy: Tensor, t: Tensor, residual: Tensor) -> Tensor:
+        """Velocity from a cached residual: only the action tokens' input (this step's noisy
+        actions and time) is recomputed; every attention and MLP block is skipped."""
+        x = self._expert_input(noisy, t) + residual.to(self.dtype)
         return self.action_out(self.expert_norm(x)).float()
 
     def value(self, value_summary: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:

@@ -34,14 +34,20 @@ def torch_plan(
     noise: np.ndarray,
     start_times: np.ndarray,
     steps: int,
+    cache_every: int = 1,
 ) -> TorchPlan:
     k, v, mask, summary, _ = model.encode_prefix(*to_torch(inputs))
     starts = torch.from_numpy(start_times)
     x = torch.from_numpy(noise).clone()
     dt = starts / steps
+    residual = None
     for i in range(steps):
         t = starts * (1.0 - i / steps)
-        x -= dt[:, None, None] * model.expert_velocity(k, v, mask, x, t)
+        if i % cache_every == 0 or residual is None:
+            velocity, residual = model.expert_step(k, v, mask, x, t)
+        else:
+            velocity = model.expert_velocity_cached(x, t, residual)
+        x -= dt[:, None, None] * velocity
     q, q_critics = model.value(summary, x)
     return TorchPlan(x.numpy(), q.numpy(), q_critics.numpy(), int(q.argmax()))
 

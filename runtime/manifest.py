@@ -13,7 +13,9 @@ from edgevla.runtime.errors import InvalidSetting
 # gates the choice (`parity.choice`); the action space's kind and units are checked.
 # 3: System 1 works on the plan slice as offsets from the current state, normalized per row
 # (`normalization.s1_delta_mean/std`); a version-2 System 1 read absolute targets.
-SCHEMA_VERSION = 3
+# 4: the `expert_cached` graph and `expert_step`'s `residual` output (action-expert caching,
+# `sampling.expert_cache_every`).
+SCHEMA_VERSION = 4
 MANIFEST_NAME = "manifest.json"
 
 
@@ -82,6 +84,9 @@ class Sampling(_Strict):
     noise_temperature: float
     s1_steps: int
     s1_theta: float
+    # Recompute the action expert's blocks on every k-th Euler step and reuse their summed
+    # output in between (EfficientVLA's action-head caching); 1 recomputes every step.
+    expert_cache_every: int
 
 
 def validate_sampling(sampling: Sampling, where: str = "sampling") -> None:
@@ -90,7 +95,7 @@ def validate_sampling(sampling: Sampling, where: str = "sampling") -> None:
     One set of rules for the bundle loader, the policy's own overrides and the exporter.
     """
     s = sampling
-    for field in ("candidates", "denoise_steps", "s1_steps"):
+    for field in ("candidates", "denoise_steps", "s1_steps", "expert_cache_every"):
         value = getattr(s, field)
         if not isinstance(value, int) or isinstance(value, bool):
             raise InvalidSetting(f"{where}.{field}", f"{value!r} must be an integer")
@@ -110,6 +115,7 @@ def validate_sampling(sampling: Sampling, where: str = "sampling") -> None:
         ("noise_temperature", s.noise_temperature > 0.0, "must be > 0"),
         ("s1_steps", s.s1_steps >= 1, "must be >= 1"),
         ("s1_theta", 0.0 < s.s1_theta <= 1.0, "must be in (0, 1]"),
+        ("expert_cache_every", s.expert_cache_every >= 1, "must be >= 1"),
     ]
     for field, ok, rule in rules:
         if not ok:

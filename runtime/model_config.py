@@ -14,7 +14,7 @@ import msgspec
 
 from edgevla.runtime.errors import ConfigError
 
-GRAPH_NAMES = ("prefix", "expert_step", "value", "system1")
+GRAPH_NAMES = ("prefix", "expert_step", "expert_cached", "value", "system1")
 PRECISIONS = ("fp32", "fp16")
 
 
@@ -130,7 +130,7 @@ def cache_dtype(precision: str) -> str:
 
 
 def graph_specs(cfg: ModelConfig, candidates: int, precision: str) -> dict[str, GraphSpec]:
-    """Static-shape signatures of the four graphs for `candidates` (N) System 2 candidates."""
+    """Static-shape signatures of the five graphs for `candidates` (N) System 2 candidates."""
     if candidates < 1:
         raise ConfigError(f"candidates must be >= 1, got {candidates}")
     kv = cache_dtype(precision)
@@ -143,6 +143,11 @@ def graph_specs(cfg: ModelConfig, candidates: int, precision: str) -> dict[str, 
     prefix_v = TensorSpec("prefix_v", cache_shape, kv)
     prefix_mask = TensorSpec("prefix_mask", (1, cfg.prefix_len), "bool")
     value_summary = TensorSpec("value_summary", (1, cfg.d_model), "float32")
+    noisy_actions = TensorSpec("noisy_actions", (n, h, a), "float32")
+    time = TensorSpec("time", (n,), "float32")
+    velocity = TensorSpec("velocity", (n, h, a), "float32")
+    # What the expert's blocks added to the action tokens: reused between refreshes.
+    residual = TensorSpec("residual", (n, h, cfg.expert_width), "float32")
     return {
         "prefix": GraphSpec(
             "prefix",
@@ -162,14 +167,13 @@ def graph_specs(cfg: ModelConfig, candidates: int, precision: str) -> dict[str, 
         ),
         "expert_step": GraphSpec(
             "expert_step",
-            inputs=(
-                prefix_k,
-                prefix_v,
-                prefix_mask,
-                TensorSpec("noisy_actions", (n, h, a), "float32"),
-                TensorSpec("time", (n,), "float32"),
-            ),
-            outputs=(TensorSpec("velocity", (n, h, a), "float32"),),
+            inputs=(prefix_k, prefix_v, prefix_mask, noisy_actions, time),
+            outputs=(velocity, residual),
+        ),
+        "expert_cached": GraphSpec(
+            "expert_cached",
+            inputs=(noisy_actions, time, residual),
+            outputs=(velocity,),
         ),
         "value": GraphSpec(
             "value",

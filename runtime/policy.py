@@ -97,7 +97,14 @@ class DualSystemPolicy:
             rng, (s.candidates, cfg.chunk_len, cfg.action_dim), s.noise_temperature
         )
         starts = system2.candidate_start_times(s.candidates, s.start_time_min, s.start_time_max)
-        result = system2.plan(self.backend, self.prefix_inputs(obs), noise, starts, s.denoise_steps)
+        result = system2.plan(
+            self.backend,
+            self.prefix_inputs(obs),
+            noise,
+            starts,
+            s.denoise_steps,
+            s.expert_cache_every,
+        )
         return Plan(chunk=self.normalizer.unnormalize_actions(result.chunk), result=result)
 
     def react(

@@ -112,26 +112,37 @@ def denoise_candidates(
     noise: np.ndarray,
     start_times: np.ndarray,
     steps: int,
+    cache_every: int = 1,
 ) -> np.ndarray:
-    """Integrate each candidate from its start time to t = 0 in `steps` Euler steps."""
+    """Integrate each candidate from its start time to t = 0 in `steps` Euler steps.
+
+    With `cache_every` k > 1 the action expert's attention and MLP blocks run on steps 0, k,
+    2k, …; the steps in between run `expert_cached`, which recomputes only the action tokens'
+    input for this step and adds the blocks' output cached at the last full step.
+    """
     x = noise.astype(np.float32, copy=True)
     dt = (start_times / steps).astype(np.float32)
+    residual: np.ndarray | None = None
     for k in range(steps):
         t = (start_times * (1.0 - k / steps)).astype(np.float32)
-        out = backend.run(
-            "expert_step",
-            {
+        if k % cache_every == 0 or residual is None:
+            graph = "expert_step"
+            feeds = {
                 "prefix_k": prefix.k,
                 "prefix_v": prefix.v,
                 "prefix_mask": prefix.mask,
                 "noisy_actions": x,
                 "time": t,
-            },
-        )
+            }
+        else:
+            graph, feeds = "expert_cached", {"noisy_actions": x, "time": t, "residual": residual}
+        out = backend.run(graph, feeds)
         velocity = out["velocity"]
         require_finite(
-            "expert_step", "velocity", velocity, f", Euler step {k + 1} of {steps}", "candidates"
+            graph, "velocity", velocity, f", Euler step {k + 1} of {steps}", "candidates"
         )
+        if graph == "expert_step":
+            residual = out["residual"]
         x -= dt[:, None, None] * velocity.astype(np.float32)
     return x
 
@@ -142,12 +153,13 @@ def plan(
     noise: np.ndarray,
     start_times: np.ndarray,
     steps: int,
+    cache_every: int = 1,
 ) -> PlanResult:
     """One System 2 plan: prefix once, N candidates batched over it, value-selected."""
     t0 = time.perf_counter()
     prefix = encode_prefix(backend, inputs)
     t1 = time.perf_counter()
-    candidates = denoise_candidates(backend, prefix, noise, start_times, steps)
+    candidates = denoise_candidates(backend, prefix, noise, start_times, steps, cache_every)
     t2 = time.perf_counter()
     scored = backend.run("value", {"value_summary": prefix.value_summary, "actions": candidates})
     t3 = time.perf_counter()

@@ -26,7 +26,14 @@ from edgevla.runtime.errors import (
 from edgevla.runtime.manifest import MANIFEST_NAME, SCHEMA_VERSION
 from edgevla.runtime.model_config import GRAPH_NAMES
 
-BUNDLE_FILES = ("expert_step.onnx", "prefix.onnx", "system1.onnx", "tokenizer.json", "value.onnx")
+BUNDLE_FILES = (
+    "expert_cached.onnx",
+    "expert_step.onnx",
+    "prefix.onnx",
+    "system1.onnx",
+    "tokenizer.json",
+    "value.onnx",
+)
 CPU_ONLY = BackendConfig(providers=(CPU,), warmup_runs=0)
 
 # ----------------------------------------------------------------------------- helpers
@@ -302,6 +309,7 @@ def test_missing_required_field_is_refused(bundle_copy: Path) -> None:
         (("sampling", "start_time_min"), 0.0, "sampling.start_time_min", "must be in (0, max]"),
         (("sampling", "start_time_max"), 1.5, "sampling.start_time_max", "must be <= 1"),
         (("sampling", "s1_theta"), 0.0, "sampling.s1_theta", "must be in (0, 1]"),
+        (("sampling", "expert_cache_every"), 0, "sampling.expert_cache_every", "must be >= 1"),
         (("sampling", "noise_temperature"), -1.0, "sampling.noise_temperature", "must be > 0"),
         (("action_space", "step_period_s"), 0.0, "action_space.step_period_s", "[0.001, 1.0]"),
         (("action_space", "step_period_s"), 50.0, "action_space.step_period_s", "[0.001, 1.0]"),

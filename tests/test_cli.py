@@ -19,7 +19,7 @@ from edgevla.runtime.backend import TENSORRT
 from edgevla.runtime.bundle import load_bundle, sha256_file
 from edgevla.runtime.manifest import MANIFEST_NAME
 
-GRAPHS = ("prefix", "expert_step", "value", "system1")
+GRAPHS = ("prefix", "expert_step", "expert_cached", "value", "system1")
 
 
 def flat(text: str) -> str:
@@ -86,7 +86,7 @@ def test_verify_good_bundle(capsys: pytest.CaptureFixture[str], tiny_bundle: Pat
     code, out, err = run(capsys, "bundle", "verify", tiny_bundle)
     assert code == 0
     assert out.startswith("OK ")
-    assert "5 files hash-checked, 4 graphs match their signatures, parity passed" in out
+    assert "6 files hash-checked, 5 graphs match their signatures, parity passed" in out
     assert "REFUSED" not in err
 
 

@@ -22,6 +22,7 @@ from edgevla.runtime.backend import CPU, BackendConfig, OnnxRuntimeBackend
 from edgevla.runtime.bundle import load_bundle
 from edgevla.runtime.errors import BundleHashMismatch
 from edgevla.runtime.manifest import ParityReport
+from edgevla.runtime.model_config import GRAPH_NAMES
 from edgevla.runtime.policy import DualSystemPolicy
 
 
@@ -39,7 +40,7 @@ def test_manifest_records_passing_fp32_parity(tiny_bundle: Path) -> None:
     }
     assert set(parity.plan) == {"candidates", "q", "chunk_robot_units"}
     assert parity.choice.passed and parity.choice.agreement == 1.0
-    assert set(parity.graphs) == {"prefix", "expert_step", "value", "system1"}
+    assert set(parity.graphs) == {"prefix", "expert_step", "expert_cached", "value", "system1"}
     assert set(parity.graphs["prefix"]) == {
         "prefix_k",
         "prefix_v",
@@ -238,7 +239,7 @@ def test_same_seed_same_bundle_graphs(
 ) -> None:
     out = tmp_path / "again"
     export_bundle(tiny_policy, out, ExportOptions(parity_observations=1))
-    for name in ("prefix", "expert_step", "value", "system1"):
+    for name in GRAPH_NAMES:
         a = onnx.load(str(out / f"{name}.onnx")).graph.initializer
         b = onnx.load(str(tiny_bundle / f"{name}.onnx")).graph.initializer
         assert [numpy_helper.to_array(t).tobytes() for t in a] == [
@@ -336,7 +337,7 @@ def test_fp16_gate_measures_robot_units_in_rad(
     joint targets cannot see it (the home-pose offset dominates), max abs error in rad can."""
 
     def bias(out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {"velocity": out["velocity"] + np.float32(0.02)}
+        return {**out, "velocity": out["velocity"] + np.float32(0.02)}
 
     report = _gate(tiny_policy, _Rewriting(fp16_backend, "expert_step", bias), tiny_bundle_fp16)
     chunk = report.plan["chunk_robot_units"]
@@ -355,7 +356,7 @@ def test_gate_names_a_nan_from_the_exported_graphs(
     def poison(out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         velocity = out["velocity"].copy()
         velocity[0, 0, 0] = np.nan
-        return {"velocity": velocity}
+        return {**out, "velocity": velocity}
 
     backend = _Rewriting(fp16_backend, "expert_step", poison)
     with pytest.raises(ParityError, match="plan: graph 'expert_step' output 'velocity'"):

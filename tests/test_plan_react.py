@@ -7,6 +7,7 @@ import json
 import logging
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from edgevla.runtime.errors import (
     InferenceInputError,
     NonFiniteOutput,
 )
+from edgevla.runtime.model_config import GRAPH_NAMES
 from edgevla.runtime.policy import DualSystemPolicy, Observation
 
 
@@ -178,6 +180,7 @@ def test_sampling_must_fit_the_graphs(policy: DualSystemPolicy) -> None:
         ({"denoise_steps": 0}, "sampling.denoise_steps: 0 must be >= 1"),
         ({"s1_steps": -1}, "sampling.s1_steps: -1 must be >= 1"),
         ({"s1_theta": 1.5}, r"sampling.s1_theta: 1.5 must be in \(0, 1\]"),
+        ({"expert_cache_every": 0}, "sampling.expert_cache_every: 0 must be >= 1"),
         ({"start_time_min": 0.0}, r"sampling.start_time_min: 0.0 must be in \(0, max\]"),
         ({"start_time_max": 2.0}, "sampling.start_time_max: 2.0 must be <= 1"),
         ({"noise_temperature": 0.0}, "sampling.noise_temperature: 0.0 must be > 0"),
@@ -227,7 +230,7 @@ def test_provider_selection(tiny_bundle: Path, tmp_path: Path) -> None:
         load_bundle(tiny_bundle), BackendConfig(intra_op_threads=1, warmup_runs=2)
     )
     assert backend.providers == [CPU]
-    assert set(backend.warmup_s) == {"prefix", "expert_step", "value", "system1"}
+    assert set(backend.warmup_s) == set(GRAPH_NAMES)
 
 
 def test_thread_pool_modes_give_the_same_plan(tiny_bundle: Path, policy: DualSystemPolicy) -> None:
@@ -371,3 +374,47 @@ def test_a_nan_from_system1_is_refused(policy: DualSystemPolicy) -> None:
     faulty = DualSystemPolicy(policy.bundle, NaNInjecting(policy.backend, "system1", "velocity", 0))
     with pytest.raises(NonFiniteOutput, match=r"'system1' output 'velocity'.*Euler step 1 of 3"):
         faulty.react(plan, 0, observation(policy), np.random.default_rng(1))
+
+
+class CountingBackend:
+    """The real backend, counting calls per graph."""
+
+    def __init__(self, inner: OnnxRuntimeBackend) -> None:
+        self.inner, self.calls = inner, Counter()
+
+    @property
+    def providers(self) -> list[str]:
+        return self.inner.providers
+
+    def run(self, graph: str, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.calls[graph] += 1
+        return self.inner.run(graph, feeds)
+
+
+@pytest.mark.parametrize(("every", "full"), [(1, 10), (2, 5), (3, 4), (10, 1), (20, 1)])
+def test_expert_caching_runs_the_blocks_on_every_kth_step(
+    policy: DualSystemPolicy, every: int, full: int
+) -> None:
+    counting = CountingBackend(policy.backend)
+    cached = DualSystemPolicy(policy.bundle, counting).with_sampling(expert_cache_every=every)
+    plan = cached.plan(observation(policy), np.random.default_rng(0))
+    assert counting.calls["expert_step"] == full
+    assert counting.calls["expert_cached"] == 10 - full
+    assert counting.calls["prefix"] == 1 and counting.calls["value"] == 1
+    exact = policy.plan(observation(policy), np.random.default_rng(0))
+    if every == 1:
+        np.testing.assert_array_equal(plan.result.candidates, exact.result.candidates)
+    else:  # an approximation: close to the exact plan, not equal to it
+        a, b = plan.result.candidates.ravel(), exact.result.candidates.ravel()
+        assert not np.array_equal(a, b)
+        assert a @ b / (np.linalg.norm(a) * np.linalg.norm(b)) > 0.9
+
+
+def test_a_nan_from_the_cached_expert_step_is_refused(policy: DualSystemPolicy) -> None:
+    faulty = DualSystemPolicy(
+        policy.bundle, NaNInjecting(policy.backend, "expert_cached", "velocity", 1)
+    ).with_sampling(expert_cache_every=2)
+    with pytest.raises(
+        NonFiniteOutput, match=r"'expert_cached' output 'velocity'.*candidates \[1\], Euler step 2 of"
+    ):
+        faulty.plan(observation(policy), np.random.default_rng(0))
