@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import multiprocessing
 from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from edgevla.sim.demos import DemoSet
 from edgevla.sim.episode import EpisodeSettings, PlanEvent, run_episode
+from edgevla.sim.evaluation import EpisodeWorkerDied
 from edgevla.sim.expert import ExpertAgent, ExpertConfig
 from edgevla.sim.tasks import TOUCH_INSTRUCTION, touch_episode
 
@@ -100,11 +103,18 @@ def generate_demos(
     episodes: list[_Episode] = []
     if workers > 1:
         # spawn: each worker opens its own OSMesa contexts; a forked GL state is not safe.
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
-            for done, ep in enumerate(pool.imap(_one_episode, jobs), 1):
-                episodes.append(ep)
-                if on_episode:
-                    on_episode(done, len(jobs), ep.success)
+        # An executor, not a Pool: a worker that dies breaks the run instead of hanging it.
+        ctx = multiprocessing.get_context("spawn")
+        try:
+            with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+                for done, ep in enumerate(pool.map(_one_episode, jobs), 1):
+                    episodes.append(ep)
+                    if on_episode:
+                        on_episode(done, len(jobs), ep.success)
+        except BrokenProcessPool as exc:
+            raise EpisodeWorkerDied(
+                f"a demonstration worker died after {len(episodes)} of {len(jobs)} episodes ({exc})"
+            ) from exc
     else:
         for done, job in enumerate(jobs, 1):
             episodes.append(_one_episode(job))

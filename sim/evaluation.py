@@ -21,6 +21,7 @@ import msgspec
 import numpy as np
 
 from edgevla.runtime.config import RuntimeConfig
+from edgevla.runtime.errors import EdgeVlaError
 from edgevla.runtime.kinematics import ROBOT_MODELS
 from edgevla.sim.episode import EpisodeResult, EpisodeSettings, run_episode
 from edgevla.sim.tasks import touch_episode
@@ -135,7 +136,18 @@ def run_policy_episodes(
 ) -> list[EpisodeResult]:
     """Run the bundle on `seeds` (in order), in `workers` processes; `sampling` overrides the
     bundle's sampling defaults (checked like the bundle's own); `keep_events` keeps every plan's
-    observation and chunk (always kept with choice "random", whose rollouts train the critics)."""
+    observation and chunk (always kept with choice "random", whose rollouts train the critics).
+
+    A worker that dies (a crash, the OOM killer) raises `EpisodeWorkerDied` instead of leaving
+    the run waiting for a result that never comes, and the bundle is checked here first, so a
+    bad bundle is refused by name rather than by every worker.
+    """
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    from edgevla.runtime.bundle import load_bundle
+
+    load_bundle(bundle)
     spec = _RunSpec(
         str(bundle),
         settings,
@@ -146,12 +158,21 @@ def run_policy_episodes(
     )
     results: list[EpisodeResult] = []
     if workers > 1:
+        # spawn: each worker opens its own OSMesa contexts; a forked GL state is not safe.
         ctx = multiprocessing.get_context("spawn")
-        with ctx.Pool(workers, initializer=_init_worker, initargs=(spec,)) as pool:
-            for result in pool.imap(_run_in_worker, seeds):
-                results.append(result)
-                if on_episode:
-                    on_episode(result)
+        try:
+            with ProcessPoolExecutor(
+                workers, mp_context=ctx, initializer=_init_worker, initargs=(spec,)
+            ) as pool:
+                for result in pool.map(_run_in_worker, seeds):
+                    results.append(result)
+                    if on_episode:
+                        on_episode(result)
+        except BrokenProcessPool as exc:
+            raise EpisodeWorkerDied(
+                f"an episode worker process died after {len(results)} of {len(seeds)} episodes "
+                f"({exc}); its own error, if any, is above"
+            ) from exc
     else:
         runner = _Runner(spec)
         for seed in seeds:
@@ -159,6 +180,10 @@ def run_policy_episodes(
             if on_episode:
                 on_episode(results[-1])
     return results
+
+
+class EpisodeWorkerDied(EdgeVlaError):
+    """A worker process running episodes exited before returning its episode."""
 
 
 def summarize(results: Sequence[EpisodeResult]) -> dict[str, Any]:

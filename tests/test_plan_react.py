@@ -414,7 +414,6 @@ def test_a_nan_from_the_cached_expert_step_is_refused(policy: DualSystemPolicy) 
     faulty = DualSystemPolicy(
         policy.bundle, NaNInjecting(policy.backend, "expert_cached", "velocity", 1)
     ).with_sampling(expert_cache_every=2)
-    with pytest.raises(
-        NonFiniteOutput, match=r"'expert_cached' output 'velocity'.*candidates \[1\], Euler step 2 of"
-    ):
+    words = r"'expert_cached' output 'velocity'.*candidates \[1\], Euler step 2 of"
+    with pytest.raises(NonFiniteOutput, match=words):
         faulty.plan(observation(policy), np.random.default_rng(0))

@@ -315,18 +315,57 @@ def test_combined_sets_remap_instructions_and_keep_every_card() -> None:
         concat_demos([a, other_chunk])
 
 
-def test_dagger_labels_every_policy_plan_with_the_expert_from_that_state(tmp_path: Path) -> None:
-    """Rows from a policy's own episode: frames and states the policy saw, labels the expert's
-    chunk from each state (checked against a fresh expert), loadable as demonstrations."""
+@pytest.fixture(scope="module")
+def trained_n1(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The committed checkpoint exported with one candidate."""
     from edgevla.export.bundle_writer import ExportOptions, export_bundle
     from edgevla.export.checkpoint import load_checkpoint
+
+    checkpoint = Path(__file__).resolve().parent.parent / "checkpoints" / "touch-tiny"
+    bundle = tmp_path_factory.mktemp("trained") / "n1"
+    export_bundle(load_checkpoint(checkpoint), bundle, ExportOptions(candidates=1))
+    return bundle
+
+
+def test_a_worker_that_dies_ends_the_run_with_an_error_not_a_hang(trained_n1: Path) -> None:
+    """The OOM killer (here: SIGKILL) takes a worker mid-run: the run raises, naming how far
+    it got, instead of waiting forever for the lost episode."""
+    import multiprocessing
+    import os
+    import signal
+
+    from edgevla.sim.evaluation import EpisodeWorkerDied, run_policy_episodes
+
+    def kill_a_worker(result: EpisodeResult) -> None:
+        for child in multiprocessing.active_children():
+            if child.name.startswith("SpawnProcess"):
+                os.kill(child.pid, signal.SIGKILL)
+                return
+
+    settings = EpisodeSettings(timeout_s=0.5, system1_enabled=False)
+    seeds = held_out_seeds(0, 8)
+    with pytest.raises(EpisodeWorkerDied, match=r"died after \d of 8 episodes"):
+        run_policy_episodes(trained_n1, seeds, settings, workers=2, on_episode=kill_a_worker)
+
+
+def test_a_missing_bundle_is_refused_before_any_worker_starts(tmp_path: Path) -> None:
+    from edgevla.runtime.errors import BundleFileMissing
+    from edgevla.sim.evaluation import run_policy_episodes
+
+    with pytest.raises(BundleFileMissing):
+        run_policy_episodes(tmp_path / "nothing", [1], EpisodeSettings(), workers=2)
+
+
+def test_dagger_labels_every_policy_plan_with_the_expert_from_that_state(
+    tmp_path: Path, trained_n1: Path
+) -> None:
+    """Rows from a policy's own episode: frames and states the policy saw, labels the expert's
+    chunk from each state (checked against a fresh expert), loadable as demonstrations."""
     from edgevla.sim.dagger import collect_dagger
     from edgevla.sim.expert import TouchExpert
     from edgevla.sim.scene import cube_layout
 
-    checkpoint = Path(__file__).resolve().parent.parent / "checkpoints" / "touch-tiny"
-    bundle = tmp_path / "bundle"
-    export_bundle(load_checkpoint(checkpoint), bundle, ExportOptions(candidates=1))
+    bundle = trained_n1
     settings = EpisodeSettings(timeout_s=1.0)  # 5 plans at 5 Hz, System 1 on
     rows = collect_dagger(bundle, [300_000], settings)
     assert rows.meta["source"] == "dagger" and rows.meta["episodes_kept"] == 1
