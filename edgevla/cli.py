@@ -44,6 +44,18 @@ def _load_policy(args: argparse.Namespace):  # -> ReferencePolicy (torch importe
     return init_policy(get_config(args.config), args.seed)
 
 
+def _prune_request(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        count = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'auto' or a layer count, got {value!r}") from None
+    if count < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {count}")
+    return count
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from edgevla.export.bundle_writer import ExportOptions, export_bundle
 
@@ -52,12 +64,32 @@ def cmd_export(args: argparse.Namespace) -> int:
         candidates=args.candidates,
         denoise_steps=args.denoise_steps,
         expert_cache_every=args.expert_cache_every,
+        prune_layers=args.prune_layers,
+        prune_min_cosine=args.prune_min_cosine,
         parity_observations=args.parity_observations,
     )
     with err.status("loading model") as status:
         policy = _load_policy(args)
+        calibration = None
+        if args.calibration:
+            from edgevla.export.pruning import calibration_inputs
+            from edgevla.sim.demos import load_demos
+
+            calibration = calibration_inputs(policy, load_demos(Path(args.calibration)))
         manifest = export_bundle(
-            policy, Path(args.out), options, overwrite=args.overwrite, on_progress=status.update
+            policy,
+            Path(args.out),
+            options,
+            overwrite=args.overwrite,
+            on_progress=status.update,
+            calibration=calibration,
+        )
+    pruning = manifest.optimizations.layer_pruning
+    if pruning is not None:
+        out.print(
+            f"layer pruning: removed {pruning.removed or 'none'} of {pruning.source_layers} "
+            f"(plan cosine {pruning.plan_cosine:.4f} against the unpruned model, gate "
+            f"{pruning.min_cosine}; cuts tried {pruning.cuts_tried})"
         )
     worst = min(
         o.cosine
@@ -324,6 +356,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="k",
         help="run the action expert's blocks on every k-th Euler step only and reuse their "
         "output in between (EfficientVLA action-head caching; 1: off)",
+    )
+    p.add_argument(
+        "--prune-layers",
+        type=_prune_request,
+        default=0,
+        metavar="N|auto",
+        help="remove the N most redundant prefix layers (and their expert blocks), or 'auto': "
+        "the most that keep plans within --prune-min-cosine of the unpruned model",
+    )
+    p.add_argument("--prune-min-cosine", type=float, default=0.98, metavar="C")
+    p.add_argument(
+        "--calibration",
+        metavar="DEMOS",
+        help="demonstrations whose frames rank the layers and gate pruning (default: random "
+        "frames, as the parity gate uses)",
     )
     p.add_argument("--parity-observations", type=_positive, default=3, metavar="M")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle")

@@ -17,13 +17,14 @@ import os
 import platform
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from edgevla.export.checkpoint import ReferencePolicy
 from edgevla.export.onnx_export import export_graph, external_data_file, model_at_precision
-from edgevla.export.parity import ParityError, failures, run_parity_gate
+from edgevla.export.parity import ParityError, failures, parity_inputs, run_parity_gate
+from edgevla.export.pruning import choose_pruning
 from edgevla.runtime.backend import CPU, BackendConfig, OnnxRuntimeBackend
 from edgevla.runtime.bundle import load_bundle, sha256_file
 from edgevla.runtime.errors import EdgeVlaError, InvalidSetting
@@ -33,6 +34,7 @@ from edgevla.runtime.manifest import (
     FileEntry,
     GraphEntry,
     Manifest,
+    Optimizations,
     Sampling,
     TensorEntry,
     TokenizerEntry,
@@ -40,6 +42,7 @@ from edgevla.runtime.manifest import (
     validate_sampling,
 )
 from edgevla.runtime.model_config import PRECISIONS, graph_specs
+from edgevla.runtime.system2 import PrefixInputs
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +75,10 @@ class ExportOptions:
     # noise; 0.25 gives System 1 room to correct at no measured cost (docs/benchmarks.md).
     s1_theta: float = 0.25
     expert_cache_every: int = 1  # 1: the action expert's blocks run at every Euler step
+    # Layer pruning (export/pruning.py): a count of prefix layers to remove, "auto" for the
+    # deepest cut whose plans keep `prune_min_cosine` against the unpruned model, 0 for none.
+    prune_layers: int | str = 0
+    prune_min_cosine: float = 0.98
     parity_observations: int = 3
     parity_seed: int = 0
     opset: int | None = None
@@ -88,6 +95,13 @@ class ExportOptions:
         count = self.parity_observations
         if not isinstance(count, int) or isinstance(count, bool) or count < 1:
             raise InvalidSetting("ExportOptions.parity_observations", f"{count!r} must be >= 1")
+        prune = self.prune_layers
+        if prune != "auto" and (not isinstance(prune, int) or isinstance(prune, bool) or prune < 0):
+            raise InvalidSetting("ExportOptions.prune_layers", f"{prune!r}: 'auto' or a count >= 0")
+        if not 0.0 < self.prune_min_cosine <= 1.0:
+            raise InvalidSetting(
+                "ExportOptions.prune_min_cosine", f"{self.prune_min_cosine!r} must be in (0, 1]"
+            )
 
     def sampling(self) -> Sampling:
         return Sampling(
@@ -192,8 +206,14 @@ def export_bundle(
     options: ExportOptions = ExportOptions(),
     overwrite: bool = False,
     on_progress: Callable[[str], None] = lambda _: None,
+    calibration: Sequence[PrefixInputs] | None = None,
 ) -> Manifest:
-    """Export `policy` to a verified bundle at `out`; on any failure nothing is left behind."""
+    """Export `policy` to a verified bundle at `out`; on any failure nothing is left behind.
+
+    `calibration`: observations that layer pruning ranks layers and gates fidelity on (default:
+    the parity gate's kind, random frames with real instructions; a trained policy should get
+    frames from its own task, `pruning.calibration_inputs`).
+    """
     out = Path(out)
     options.validate()
     if policy.normalization.s1_delta_mean is None or policy.normalization.s1_delta_std is None:
@@ -207,9 +227,22 @@ def export_bundle(
         if not overwrite:
             raise EdgeVlaError(f"{out} already exists; pass --overwrite to replace it")
         _refuse_non_bundle(out)
+    sampling = options.sampling()
+    optimizations = Optimizations()
+    if options.prune_layers:
+        observations = calibration or parity_inputs(policy, 8, options.parity_seed + 101)
+        choice = choose_pruning(
+            policy,
+            options.prune_layers,
+            observations,
+            sampling,
+            options.prune_min_cosine,
+            on_progress,
+        )
+        policy = choice.policy
+        optimizations = Optimizations(layer_pruning=choice.record)
     cfg = policy.config
     specs = graph_specs(cfg, options.candidates, options.precision)
-    sampling = options.sampling()
     created = _missing_ancestors(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -278,6 +311,7 @@ def export_bundle(
             export_options={**asdict(options), "origin": policy.origin},
             library_versions=library_versions(),
             parity=report,
+            optimizations=optimizations,
         )
         (staging / MANIFEST_NAME).write_bytes(encode_manifest(manifest))
         load_bundle(staging)  # the bundle must pass the same checks the robot will apply

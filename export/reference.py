@@ -221,6 +221,7 @@ class PrefixStates:
     value_summary: Tensor  # [B, d_model] float32
     token_scores: Tensor  # [B, visual tokens] float32
     hidden: list[Tensor]  # per layer [B, L, d_model], before the final norm
+    embeddings: Tensor  # [B, L, d_model]: the input of layer 0
 
 
 def critic(in_dim: int, hidden: int) -> nn.Sequential:
@@ -274,7 +275,7 @@ class System1Net(nn.Module):
 
 
 class DualSystemVLA(nn.Module):
-    """All weights of the policy; the four graph entry points are methods."""
+    """All weights of the policy; the five graph entry points are methods."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -333,6 +334,7 @@ class DualSystemVLA(nn.Module):
         tail = torch.ones(b, 2, dtype=torch.bool, device=images.device)
         mask = torch.cat([valid, instruction_mask, tail], dim=1)
         cos, sin = self.rope_cos[: cfg.prefix_len], self.rope_sin[: cfg.prefix_len]
+        embeddings = x
         ks, vs, hidden = [], [], []
         for layer in self.layers:
             x, k, v = layer(x, cos, sin, mask)
@@ -348,6 +350,7 @@ class DualSystemVLA(nn.Module):
             value_summary=x[:, -1].float(),
             token_scores=scores,
             hidden=hidden,
+            embeddings=embeddings,
         )
 
     def expert_velocity(

@@ -280,6 +280,41 @@ def _check_s1_units(manifest_path: Path, manifest: Manifest, cfg: ModelConfig) -
         raise BundleSchemaError(manifest_path, "normalization.s1_delta_std", "must all be > 0")
 
 
+def _check_optimizations(manifest_path: Path, manifest: Manifest, cfg: ModelConfig) -> None:
+    """A pruning record must describe this model and a cut that passed its own gate."""
+    pruning = manifest.optimizations.layer_pruning
+    if pruning is None:
+        return
+    field = "optimizations.layer_pruning"
+    removed = pruning.removed
+    if sorted(set(removed)) != removed or any(not 0 <= i < pruning.source_layers for i in removed):
+        raise BundleSchemaError(
+            manifest_path,
+            f"{field}.removed",
+            f"{removed} must be distinct, ascending layer indices below source_layers "
+            f"{pruning.source_layers}",
+        )
+    if pruning.source_layers - len(removed) != cfg.n_layers:
+        raise BundleShapeMismatch(
+            manifest_path,
+            f"{field}.source_layers",
+            f"{pruning.source_layers} layers minus {len(removed)} removed is not the model's "
+            f"n_layers {cfg.n_layers}",
+        )
+    if len(pruning.redundancy) != pruning.source_layers:
+        raise BundleShapeMismatch(
+            manifest_path,
+            f"{field}.redundancy",
+            f"has {len(pruning.redundancy)} entries for {pruning.source_layers} source layers",
+        )
+    if removed and not pruning.plan_cosine >= pruning.min_cosine:
+        raise BundleSchemaError(
+            manifest_path,
+            f"{field}.plan_cosine",
+            f"{pruning.plan_cosine} is below the gate {pruning.min_cosine} it records",
+        )
+
+
 def _check_spaces(bundle_dir: Path, manifest: Manifest, cfg: ModelConfig) -> None:
     manifest_path = bundle_dir / MANIFEST_NAME
     norm, space = manifest.normalization, manifest.action_space
@@ -415,6 +450,7 @@ def load_bundle(path: Path | str) -> Bundle:
     _check_spaces(bundle_dir, manifest, cfg)
     _check_tokenizer(bundle_dir, manifest, cfg)
     _check_parity(bundle_dir, manifest, specs)
+    _check_optimizations(manifest_path, manifest, cfg)
     return Bundle(
         path=bundle_dir,
         manifest=manifest,

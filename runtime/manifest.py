@@ -14,7 +14,7 @@ from edgevla.runtime.errors import InvalidSetting
 # 3: System 1 works on the plan slice as offsets from the current state, normalized per row
 # (`normalization.s1_delta_mean/std`); a version-2 System 1 read absolute targets.
 # 4: the `expert_cached` graph and `expert_step`'s `residual` output (action-expert caching,
-# `sampling.expert_cache_every`).
+# `sampling.expert_cache_every`); `optimizations` records how the model was pruned.
 SCHEMA_VERSION = 4
 MANIFEST_NAME = "manifest.json"
 
@@ -122,6 +122,25 @@ def validate_sampling(sampling: Sampling, where: str = "sampling") -> None:
             raise InvalidSetting(f"{where}.{field}", f"{getattr(s, field)!r} {rule}")
 
 
+class LayerPruning(_Strict):
+    """Prefix layers removed at export (with the action-expert blocks that read them)."""
+
+    source_layers: int  # the unpruned model's prefix depth
+    removed: list[int]  # indices into the unpruned model's layers
+    redundancy: list[float]  # per source layer: mean cosine of its input and output
+    plan_cosine: float  # worst plan cosine against the unpruned model on the calibration set
+    min_cosine: float  # the fidelity gate the export applied
+    cuts_tried: dict[str, float]  # layers removed → that cut's plan cosine
+    calibration_observations: int
+
+
+class Optimizations(_Strict):
+    """What the graphs were built with beyond the model itself. Runtime knobs that every bundle
+    supports (action-expert caching) live in `sampling`."""
+
+    layer_pruning: LayerPruning | None = None
+
+
 class OutputParity(_Strict):
     cosine: float
     max_abs_err: float
@@ -161,6 +180,7 @@ class Manifest(_Strict):
     export_options: dict[str, Any]
     library_versions: dict[str, str]
     parity: ParityReport
+    optimizations: Optimizations
 
 
 def encode_manifest(manifest: Manifest) -> bytes:
