@@ -14,8 +14,10 @@ Every technique is measured three ways against the unoptimized bundle, in the sa
   success    the trained checkpoint at its bundle defaults (N = 5, System 1 on) on held-out
              episodes, same seeds and sampling noise as the baseline: difference with Newcombe's
              interval and the paired counts
-Techniques so far: action-expert caching at k = 2, 3, 5 (EfficientVLA). Prints a table, writes
-JSON to benchmarks/results/.
+Techniques so far: action-expert caching at k = 2, 3, 5 and layer pruning (EfficientVLA), alone
+and combined. Pruning is a different export (calibrated on demonstrations when --calibration is
+given); caching is a sampling setting of any bundle. Prints a table, writes JSON to
+benchmarks/results/.
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import msgspec
 import numpy as np
 from common import RESULTS, export_in_child, machine, save
 from rich.console import Console
@@ -36,6 +39,7 @@ from rich.table import Table
 
 from edgevla.export.bundle_writer import library_versions
 from edgevla.runtime.backend import CPU, BackendConfig
+from edgevla.runtime.bundle import load_bundle
 from edgevla.runtime.policy import DualSystemPolicy, Observation
 from edgevla.sim.camera import start_frames
 from edgevla.sim.episode import EpisodeSettings
@@ -43,20 +47,37 @@ from edgevla.sim.evaluation import difference_interval, run_policy_episodes, sum
 from edgevla.sim.tasks import held_out_seeds, touch_episode
 
 ROOT = Path(__file__).resolve().parent.parent
-# name: sampling overrides (the technique) — the baseline first.
-TECHNIQUES: dict[str, dict[str, int]] = {
-    "baseline": {},
-    "expert cache k=2": {"expert_cache_every": 2},
-    "expert cache k=3": {"expert_cache_every": 3},
-    "expert cache k=5": {"expert_cache_every": 5},
+
+
+@dataclass(frozen=True)
+class Technique:
+    export: tuple[str, ...] = ()  # `edgevla export` flags: another bundle
+    sampling: tuple[tuple[str, int], ...] = ()  # sampling overrides of that bundle
+
+
+# The baseline first.
+TECHNIQUES: dict[str, Technique] = {
+    "baseline": Technique(),
+    "expert cache k=2": Technique(sampling=(("expert_cache_every", 2),)),
+    "expert cache k=3": Technique(sampling=(("expert_cache_every", 3),)),
+    "expert cache k=5": Technique(sampling=(("expert_cache_every", 5),)),
+    "prune auto": Technique(export=("--prune-layers", "auto")),
+    "prune 1 layer (forced)": Technique(
+        export=("--prune-layers", "1", "--prune-min-cosine", "0.01")
+    ),
+    "prune auto + cache k=3": Technique(
+        export=("--prune-layers", "auto"), sampling=(("expert_cache_every", 3),)
+    ),
 }
 
 
 def plan_latency(
-    policy: DualSystemPolicy, obs: Observation, repeats: int, warmup: int
+    policies: dict[str, DualSystemPolicy], obs: Observation, repeats: int, warmup: int
 ) -> dict[str, list[float]]:
-    """Seconds per plan for every technique, in ABBA blocks on one backend."""
-    variants = {name: policy.with_sampling(**change) for name, change in TECHNIQUES.items()}
+    """Seconds per plan for every technique, in ABBA blocks."""
+    variants = {
+        name: policies[name].with_sampling(**dict(t.sampling)) for name, t in TECHNIQUES.items()
+    }
     samples: dict[str, list[float]] = {name: [] for name in variants}
     order = list(variants)
     for pass_ in range(2):
@@ -72,11 +93,14 @@ def plan_latency(
     return samples
 
 
-def fidelity(policy: DualSystemPolicy, observations: list[Observation]) -> dict[str, dict]:
+def fidelity(
+    policies: dict[str, DualSystemPolicy], observations: list[Observation]
+) -> dict[str, dict]:
     """Each technique's plans against the baseline's on the same observations and noise."""
     out = {}
-    for name, change in TECHNIQUES.items():
-        variant = policy.with_sampling(**change)
+    policy = policies["baseline"]
+    for name, technique in TECHNIQUES.items():
+        variant = policies[name].with_sampling(**dict(technique.sampling))
         cosines, max_rad = [], 0.0
         for i, obs in enumerate(observations):
             base = policy.plan(obs, np.random.default_rng(i))
@@ -113,46 +137,63 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=20, help="plans per technique, two passes")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--calibration", metavar="DEMOS", help="demonstrations that calibrate the trained prune"
+    )
     args = parser.parse_args()
-    console = Console(highlight=False)
+    console = Console(highlight=False, width=150)
     seeds = held_out_seeds(0, args.episodes)
     backend = BackendConfig(providers=(CPU,), warmup_runs=2)
     record_latency: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        trained = Path(tmp) / "trained"
-        small = Path(tmp) / "small"
-        console.print(f"exporting {args.checkpoint} (N=5) and '{args.latency_config}' (N=5)")
-        export_in_child(Path(args.checkpoint), trained)
-        export_in_child(args.latency_config, small)
-        policies = {
-            args.latency_config: DualSystemPolicy.from_dir(small, backend),
-            "trained tiny": DualSystemPolicy.from_dir(trained, backend),
+        exports = sorted({t.export for t in TECHNIQUES.values()})
+        bundles: dict[str, dict[tuple[str, ...], Path]] = {"small": {}, "trained": {}}
+        records: dict[str, dict] = {}
+        for i, flags in enumerate(exports):
+            for model, source in (("small", args.latency_config), ("trained", args.checkpoint)):
+                out = Path(tmp) / f"{model}-{i}"
+                extra = list(flags)
+                if flags and model == "trained" and args.calibration:
+                    extra += ["--calibration", args.calibration]
+                console.print(f"exporting {source} {' '.join(extra)}")
+                export_in_child(Path(source) if model == "trained" else source, out, *extra)
+                bundles[model][flags] = out
+                pruning = load_bundle(out).manifest.optimizations.layer_pruning
+                records[f"{model} {' '.join(flags) or 'baseline'}"] = (
+                    None if pruning is None else msgspec.to_builtins(pruning)
+                )
+        policies_by_model = {
+            label: {
+                name: DualSystemPolicy.from_dir(bundles[model][t.export], backend)
+                for name, t in TECHNIQUES.items()
+            }
+            for label, model in ((args.latency_config, "small"), ("trained tiny", "trained"))
         }
-        for label, policy in policies.items():
-            cfg = policy.bundle.model
+        for label, policies in policies_by_model.items():
+            cfg = policies["baseline"].bundle.model
             obs = first_observations(1, cfg.image_size)[0]
             console.print(f"plan latency, {label}")
-            samples = plan_latency(policy, obs, args.repeats, args.warmup)
+            samples = plan_latency(policies, obs, args.repeats, args.warmup)
             base = median_ms(samples["baseline"])
             record_latency[label] = {
                 name: {"median_ms": median_ms(s), "speedup": base / median_ms(s)}
                 for name, s in samples.items()
             }
-        trained_policy = policies["trained tiny"]
+        trained_policies = policies_by_model["trained tiny"]
         observations = first_observations(
-            args.fidelity_observations, trained_policy.bundle.model.image_size
+            args.fidelity_observations, trained_policies["baseline"].bundle.model.image_size
         )
         console.print(f"fidelity on {len(observations)} held-out first frames")
-        record_fidelity = fidelity(trained_policy, observations)
+        record_fidelity = fidelity(trained_policies, observations)
         runs: dict[str, dict] = {}
-        for name, change in TECHNIQUES.items():
+        for name, technique in TECHNIQUES.items():
             start = time.perf_counter()
             results = run_policy_episodes(
-                trained,
+                bundles["trained"][technique.export],
                 seeds,
                 replace(EpisodeSettings(), system1_enabled=True),
                 workers=args.workers,
-                sampling=change,
+                sampling=dict(technique.sampling),
             )
             summary = summarize(results)
             runs[name] = {
@@ -214,7 +255,8 @@ def main() -> int:
         "machine": machine(),
         "libraries": library_versions(),
         "checkpoint": args.checkpoint,
-        "techniques": TECHNIQUES,
+        "techniques": {name: asdict(t) for name, t in TECHNIQUES.items()},
+        "pruning": records,
         "seeds": [seeds[0], seeds[-1]],
         "latency": record_latency,
         "fidelity": record_fidelity,
