@@ -1,23 +1,26 @@
 """Ablation of the plan-time optimizations: latency, fidelity and closed-loop success, one run.
 
   python benchmarks/bench_optimizations.py [--checkpoint checkpoints/touch-tiny]
-      [--episodes 100] [--latency-config small] [--repeats 20]
+      [--calibration DEMOS] [--episodes 50] [--latency-config small] [--passes 2]
 
 Every technique is measured three ways against the unoptimized bundle, in the same run:
-  latency    System 2 plan (prefix + K Euler steps + value, N candidates) on the `small` config
-             (pi0's proportions, untrained weights: latency does not depend on training) and on
-             the trained tiny checkpoint; blocks of repeats, the order reversed on the second
-             pass (ABBA), ratio of medians against the baseline's
-  fidelity   the same observations and noise planned with and without the technique: cosine of
-             all candidates (normalized units) and the largest difference of the chosen chunk in
-             robot units (rad), on the first frames of held-out episodes
+  latency    mean System 2 plan time (prefix + K Euler steps + value, N candidates) over a
+             sequence of real observations (the scripted expert's own episodes, rendered at the
+             model's frame size, with their frame times), so that stateful techniques (token
+             reuse, action reuse) pay for their full refreshes and count their skipped plans:
+             on the `small` config (pi0's proportions, untrained weights: latency does not
+             depend on training) and on the trained tiny checkpoint; every technique restarts
+             the sequence from a reset, passes alternate the order (ABBA); ratio of means
+  fidelity   the same observation sequence and noise planned with and without the technique:
+             cosine of all candidates (normalized units) and the largest difference of the
+             chosen chunk in robot units (rad), trained tiny
   success    the trained checkpoint at its bundle defaults (N = 5, System 1 on) on held-out
              episodes, same seeds and sampling noise as the baseline: difference with Newcombe's
-             interval and the paired counts
-Techniques so far: action-expert caching at k = 2, 3, 5 and layer pruning (EfficientVLA), alone
-and combined. Pruning is a different export (calibrated on demonstrations when --calibration is
-given); caching is a sampling setting of any bundle. Prints a table, writes JSON to
-benchmarks/results/.
+             interval and the paired counts; the mean host time per plan inside those episodes
+  steering   with --calibration, the baseline bundle carries the `speed` direction; held-out
+             episodes at several alphas: the mean joint speed the chosen chunks command, and
+             success
+Prints tables, writes JSON to benchmarks/results/.
 """
 
 from __future__ import annotations
@@ -41,9 +44,9 @@ from edgevla.export.bundle_writer import library_versions
 from edgevla.runtime.backend import CPU, BackendConfig
 from edgevla.runtime.bundle import load_bundle
 from edgevla.runtime.policy import DualSystemPolicy, Observation
-from edgevla.sim.camera import start_frames
-from edgevla.sim.episode import EpisodeSettings
+from edgevla.sim.episode import EpisodeSettings, run_episode
 from edgevla.sim.evaluation import difference_interval, run_policy_episodes, summarize
+from edgevla.sim.expert import ExpertAgent
 from edgevla.sim.tasks import held_out_seeds, touch_episode
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,8 +54,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @dataclass(frozen=True)
 class Technique:
-    export: tuple[str, ...] = ()  # `edgevla export` flags: another bundle
+    # `edgevla export` flags (another bundle); "{half}" and "{quarter}" stand for that share of
+    # the model's visual tokens.
+    export: tuple[str, ...] = ()
     sampling: tuple[tuple[str, int], ...] = ()  # sampling overrides of that bundle
+    reuse: tuple[tuple[str, int], ...] = ()  # reuse overrides of that bundle
 
 
 # The baseline first.
@@ -65,86 +71,141 @@ TECHNIQUES: dict[str, Technique] = {
     "prune 1 layer (forced)": Technique(
         export=("--prune-layers", "1", "--prune-min-cosine", "0.01")
     ),
-    "prune auto + cache k=3": Technique(
-        export=("--prune-layers", "auto"), sampling=(("expert_cache_every", 3),)
+    "keep 1/2 tokens": Technique(export=("--keep-tokens", "{half}")),
+    "keep 1/4 tokens": Technique(export=("--keep-tokens", "{quarter}")),
+    "token reuse 1/4": Technique(export=("--reuse-tokens", "{quarter}")),
+    "action reuse <=1": Technique(reuse=(("action_reuse_max", 1),)),
+    "keep 1/2 + cache k=3": Technique(
+        export=("--keep-tokens", "{half}"), sampling=(("expert_cache_every", 3),)
+    ),
+    "keep 1/2 + cache k=3 + action reuse": Technique(
+        export=("--keep-tokens", "{half}"),
+        sampling=(("expert_cache_every", 3),),
+        reuse=(("action_reuse_max", 1),),
     ),
 }
+STEER_ALPHAS = (-2.0, -1.0, 1.0, 2.0)
+
+
+def variant(policy: DualSystemPolicy, technique: Technique) -> DualSystemPolicy:
+    """The technique's policy with fresh reuse state."""
+    return policy.with_sampling(**dict(technique.sampling)).with_reuse(**dict(technique.reuse))
+
+
+def export_flags(flags: tuple[str, ...], visual_tokens: int) -> list[str]:
+    shares = {"{half}": str(visual_tokens // 2), "{quarter}": str(visual_tokens // 4)}
+    return [shares.get(flag, flag) for flag in flags]
+
+
+def expert_sequences(seeds: list[int], image_size: int) -> list[list[Observation]]:
+    """The scripted expert's episodes as the observations a policy would plan from."""
+    settings = EpisodeSettings(image_size=image_size, system1_enabled=False)
+    sequences = []
+    for seed in seeds:
+        result = run_episode(
+            ExpertAgent(8, 0.05), touch_episode(seed), settings, 0.05, keep_events=True
+        )
+        sequences.append([event.obs for event in result.events])
+    return sequences
+
+
+def run_sequence(
+    policy: DualSystemPolicy, sequence: list[Observation], seed: int
+) -> tuple[list[float], list]:
+    """Plan every observation of one sequence from a reset: (seconds per plan, plans)."""
+    policy.reset()
+    rng = np.random.default_rng(seed)
+    times, plans = [], []
+    for obs in sequence:
+        start = time.perf_counter()
+        plans.append(policy.plan(obs, rng))
+        times.append(time.perf_counter() - start)
+    return times, plans
 
 
 def plan_latency(
-    policies: dict[str, DualSystemPolicy], obs: Observation, repeats: int, warmup: int
-) -> dict[str, list[float]]:
-    """Seconds per plan for every technique, in ABBA blocks."""
-    variants = {
-        name: policies[name].with_sampling(**dict(t.sampling)) for name, t in TECHNIQUES.items()
-    }
+    policies: dict[str, DualSystemPolicy], sequences: list[list[Observation]], passes: int
+) -> dict[str, dict]:
+    """Mean seconds per plan for every technique over the sequences, in ABBA passes."""
+    variants = {name: variant(policies[name], t) for name, t in TECHNIQUES.items()}
     samples: dict[str, list[float]] = {name: [] for name in variants}
+    counts: dict[str, dict[str, int]] = {}
     order = list(variants)
-    for pass_ in range(2):
-        for name in order if pass_ == 0 else reversed(order):
-            variant = variants[name]
-            for i in range(warmup):
-                variant.plan(obs, np.random.default_rng(i))
-            for i in range(repeats // 2):
-                rng = np.random.default_rng(i)
-                start = time.perf_counter()
-                variant.plan(obs, rng)
-                samples[name].append(time.perf_counter() - start)
-    return samples
+    for name in order:  # warm-up: first runs pay for lazy initialisation
+        run_sequence(variants[name], sequences[0][:4], 0)
+    for pass_ in range(passes):
+        for name in order if pass_ % 2 == 0 else reversed(order):
+            v = variants[name]
+            before = dict(v.memory.counts)
+            for i, sequence in enumerate(sequences):
+                samples[name] += run_sequence(v, sequence, i)[0]
+            counts[name] = {k: v.memory.counts[k] - before[k] for k in before}
+    base = statistics.fmean(samples["baseline"])
+    return {
+        name: {
+            "mean_ms": 1e3 * statistics.fmean(s),
+            "median_ms": 1e3 * statistics.median(s),
+            "speedup": base / statistics.fmean(s),
+            "plans": counts[name],
+        }
+        for name, s in samples.items()
+    }
 
 
 def fidelity(
-    policies: dict[str, DualSystemPolicy], observations: list[Observation]
+    policies: dict[str, DualSystemPolicy], sequences: list[list[Observation]]
 ) -> dict[str, dict]:
-    """Each technique's plans against the baseline's on the same observations and noise."""
+    """Each technique's plans against the baseline's on the same sequences and noise."""
     out = {}
-    policy = policies["baseline"]
+    baseline = variant(policies["baseline"], TECHNIQUES["baseline"])
+    reference = [run_sequence(baseline, seq, i)[1] for i, seq in enumerate(sequences)]
     for name, technique in TECHNIQUES.items():
-        variant = policies[name].with_sampling(**dict(technique.sampling))
+        v = variant(policies[name], technique)
         cosines, max_rad = [], 0.0
-        for i, obs in enumerate(observations):
-            base = policy.plan(obs, np.random.default_rng(i))
-            got = variant.plan(obs, np.random.default_rng(i))
-            a = base.result.candidates.ravel().astype(np.float64)
-            b = got.result.candidates.ravel().astype(np.float64)
-            cosines.append(float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))))
-            max_rad = max(max_rad, float(np.abs(got.chunk[:, :6] - base.chunk[:, :6]).max()))
-        out[name] = {"action_cosine_min": min(cosines), "chunk_max_abs_rad": max_rad}
+        for i, seq in enumerate(sequences):
+            for base, got in zip(reference[i], run_sequence(v, seq, i)[1], strict=True):
+                a = base.result.candidates.ravel().astype(np.float64)
+                b = got.result.candidates.ravel().astype(np.float64)
+                cosines.append(float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))))
+                diff = np.abs(got.chunk[:, :6] - base.chunk[:, :6]).max()
+                max_rad = max(max_rad, float(diff))
+        out[name] = {
+            "action_cosine_min": min(cosines),
+            "action_cosine_mean": statistics.fmean(cosines),
+            "chunk_max_abs_rad": max_rad,
+        }
     return out
 
 
-def first_observations(count: int, image_size: int) -> list[Observation]:
-    observations = []
-    for seed in held_out_seeds(0, count):
-        episode = touch_episode(seed)
-        state = np.array([*episode.initial_q, episode.initial_gripper], np.float32)
-        observations.append(
-            Observation(start_frames(episode, image_size), state, episode.instruction)
-        )
-    return observations
+def commanded_speed(results, step_period_s: float) -> float:
+    """Mean joint speed (rad/s) of the first steps of every chosen chunk, over all plans."""
+    from edgevla.export.steering import chunk_speed
 
-
-def median_ms(samples: list[float]) -> float:
-    return statistics.median(samples) * 1e3
+    states = np.stack([e.obs.state for r in results for e in r.events])
+    chunks = np.stack([e.chunk for r in results for e in r.events])
+    return float(chunk_speed(states, chunks[:, :4], step_period_s).mean())
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", default=str(ROOT / "checkpoints" / "touch-tiny"))
     parser.add_argument("--latency-config", default="small")
-    parser.add_argument("--episodes", type=int, default=100)
-    parser.add_argument("--fidelity-observations", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=20, help="plans per technique, two passes")
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--episodes", type=int, default=50)
+    parser.add_argument(
+        "--sequences", type=int, default=3, help="expert episodes whose frames are planned"
+    )
+    parser.add_argument("--passes", type=int, default=2, help="timed passes (ABBA order)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument(
-        "--calibration", metavar="DEMOS", help="demonstrations that calibrate the trained prune"
+        "--calibration",
+        metavar="DEMOS",
+        help="demonstrations that calibrate the trained prune and find the steering direction",
     )
     args = parser.parse_args()
-    console = Console(highlight=False, width=150)
+    console = Console(highlight=False, width=160)
     seeds = held_out_seeds(0, args.episodes)
     backend = BackendConfig(providers=(CPU,), warmup_runs=2)
-    record_latency: dict[str, dict[str, float]] = {}
+    record_latency: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         exports = sorted({t.export for t in TECHNIQUES.values()})
         bundles: dict[str, dict[tuple[str, ...], Path]] = {"small": {}, "trained": {}}
@@ -152,15 +213,26 @@ def main() -> int:
         for i, flags in enumerate(exports):
             for model, source in (("small", args.latency_config), ("trained", args.checkpoint)):
                 out = Path(tmp) / f"{model}-{i}"
-                extra = list(flags)
-                if flags and model == "trained" and args.calibration:
+                src = Path(source) if model == "trained" else source
+                if model == "trained":
+                    from edgevla.export.checkpoint import load_checkpoint
+
+                    tokens = load_checkpoint(src).config.num_visual_tokens
+                else:
+                    from edgevla.export.configs import get_config
+
+                    tokens = get_config(source).num_visual_tokens
+                extra = export_flags(flags, tokens)
+                if model == "trained" and args.calibration:
                     extra += ["--calibration", args.calibration]
+                    if not flags:
+                        extra.append("--steering")
                 console.print(f"exporting {source} {' '.join(extra)}")
-                export_in_child(Path(source) if model == "trained" else source, out, *extra)
+                export_in_child(src, out, *extra)
                 bundles[model][flags] = out
-                pruning = load_bundle(out).manifest.optimizations.layer_pruning
-                records[f"{model} {' '.join(flags) or 'baseline'}"] = (
-                    None if pruning is None else msgspec.to_builtins(pruning)
+                o = load_bundle(out).manifest.optimizations
+                records[f"{model} {' '.join(extra) or 'baseline'}"] = msgspec.to_builtins(
+                    {**msgspec.structs.asdict(o), "steering": [d.name for d in o.steering]}
                 )
         policies_by_model = {
             label: {
@@ -169,22 +241,18 @@ def main() -> int:
             }
             for label, model in ((args.latency_config, "small"), ("trained tiny", "trained"))
         }
+        sequence_seeds = held_out_seeds(0, args.sequences)
+        sequences = {}
         for label, policies in policies_by_model.items():
-            cfg = policies["baseline"].bundle.model
-            obs = first_observations(1, cfg.image_size)[0]
-            console.print(f"plan latency, {label}")
-            samples = plan_latency(policies, obs, args.repeats, args.warmup)
-            base = median_ms(samples["baseline"])
-            record_latency[label] = {
-                name: {"median_ms": median_ms(s), "speedup": base / median_ms(s)}
-                for name, s in samples.items()
-            }
+            size = policies["baseline"].bundle.model.image_size
+            console.print(f"expert observation sequences at {size} px")
+            sequences[label] = expert_sequences(sequence_seeds, size)
+            frames = sum(len(q) for q in sequences[label])
+            console.print(f"plan latency, {label}: {frames} observations × {args.passes} passes")
+            record_latency[label] = plan_latency(policies, sequences[label], args.passes)
         trained_policies = policies_by_model["trained tiny"]
-        observations = first_observations(
-            args.fidelity_observations, trained_policies["baseline"].bundle.model.image_size
-        )
-        console.print(f"fidelity on {len(observations)} held-out first frames")
-        record_fidelity = fidelity(trained_policies, observations)
+        console.print("fidelity against the baseline on the trained tiny sequences")
+        record_fidelity = fidelity(trained_policies, sequences["trained tiny"])
         runs: dict[str, dict] = {}
         for name, technique in TECHNIQUES.items():
             start = time.perf_counter()
@@ -194,16 +262,41 @@ def main() -> int:
                 replace(EpisodeSettings(), system1_enabled=True),
                 workers=args.workers,
                 sampling=dict(technique.sampling),
+                reuse=dict(technique.reuse),
             )
             summary = summarize(results)
+            plans = sum(r.plans for r in results)
             runs[name] = {
                 "summary": summary,
                 "success": [r.success for r in results],
+                "episode_plan_ms_mean": 1e3 * sum(r.plan_wall_s for r in results) / plans,
                 "wall_s": time.perf_counter() - start,
             }
             console.print(
-                f"{name}: {summary['success_rate']:.1%} ({summary['successes']}/{len(seeds)})"
+                f"{name}: {summary['success_rate']:.1%} ({summary['successes']}/{len(seeds)}), "
+                f"{runs[name]['episode_plan_ms_mean']:.2f} ms per plan in episodes"
             )
+        steering: dict[str, dict] = {}
+        base_bundle = bundles["trained"][()]
+        if load_bundle(base_bundle).manifest.optimizations.steering:
+            step_s = load_bundle(base_bundle).manifest.action_space.step_period_s
+            for alpha in (0.0, *STEER_ALPHAS):
+                results = run_policy_episodes(
+                    base_bundle,
+                    seeds,
+                    replace(EpisodeSettings(), system1_enabled=True),
+                    workers=args.workers,
+                    keep_events=True,
+                    steer={"speed": alpha} if alpha else None,
+                )
+                summary = summarize(results)
+                steering[f"{alpha:+g}"] = {
+                    "commanded_speed_rad_s": commanded_speed(results, step_s),
+                    "success_rate": summary["success_rate"],
+                    "successes": summary["successes"],
+                    "time_to_success_s": summary["time_to_success_s"],
+                }
+                console.print(f"steer speed={alpha:+g}: {steering[f'{alpha:+g}']}")
     base = runs["baseline"]
     success_delta = {}
     for name, run in runs.items():
@@ -224,12 +317,12 @@ def main() -> int:
     table = Table(title=f"plan-time optimizations, {len(seeds)} held-out episodes each")
     for column in (
         "technique",
-        f"plan {args.latency_config}",
-        "plan tiny",
-        "action cosine (min)",
+        f"plan {args.latency_config} (mean)",
+        "plan tiny (mean)",
+        "action cosine min / mean",
         "chunk Δ max (rad)",
         "success",
-        "Δ success (95 % CI)",
+        "Δ success (95 % CI); only with / only baseline",
     ):
         table.add_column(column)
     for name in TECHNIQUES:
@@ -239,15 +332,24 @@ def main() -> int:
         delta = success_delta[name]
         table.add_row(
             name,
-            f"{lat_small['median_ms']:.1f} ms ({lat_small['speedup']:.2f}×)",
-            f"{lat_tiny['median_ms']:.2f} ms ({lat_tiny['speedup']:.2f}×)",
-            f"{fid['action_cosine_min']:.5f}",
+            f"{lat_small['mean_ms']:.1f} ms ({lat_small['speedup']:.2f}×)",
+            f"{lat_tiny['mean_ms']:.2f} ms ({lat_tiny['speedup']:.2f}×)",
+            f"{fid['action_cosine_min']:.4f} / {fid['action_cosine_mean']:.4f}",
             f"{fid['chunk_max_abs_rad']:.4f}",
             f"{runs[name]['summary']['success_rate']:.0%}",
             f"{delta['difference']:+.0%} ({delta['ci95'][0]:+.0%} to {delta['ci95'][1]:+.0%}); "
             f"{delta['only_with']}/{delta['only_baseline']}",
         )
     console.print(table)
+    if steering:
+        table = Table(title="activation steering along 'speed', trained tiny")
+        for column in ("alpha", "commanded joint speed", "success"):
+            table.add_column(column)
+        for alpha, row in steering.items():
+            table.add_row(
+                alpha, f"{row['commanded_speed_rad_s']:.4f} rad/s", f"{row['success_rate']:.0%}"
+            )
+        console.print(table)
     record = {
         "benchmark": "optimizations",
         "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -256,12 +358,14 @@ def main() -> int:
         "libraries": library_versions(),
         "checkpoint": args.checkpoint,
         "techniques": {name: asdict(t) for name, t in TECHNIQUES.items()},
-        "pruning": records,
+        "optimizations": records,
         "seeds": [seeds[0], seeds[-1]],
         "latency": record_latency,
         "fidelity": record_fidelity,
         "success": {name: run["summary"] for name, run in runs.items()},
+        "episode_plan_ms_mean": {name: run["episode_plan_ms_mean"] for name, run in runs.items()},
         "success_delta": success_delta,
+        "steering": steering,
     }
     path = save(record, RESULTS, f"optimizations-{len(seeds)}ep")
     console.print(f"saved {path}")

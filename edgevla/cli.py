@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from edgevla.log import setup_logging
-from edgevla.runtime.errors import EdgeVlaError
+from edgevla.runtime.errors import EdgeVlaError, InvalidSetting
 
 # Wide enough for a joint-space table when piped into a log or CI output.
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
@@ -66,16 +66,31 @@ def cmd_export(args: argparse.Namespace) -> int:
         expert_cache_every=args.expert_cache_every,
         prune_layers=args.prune_layers,
         prune_min_cosine=args.prune_min_cosine,
+        keep_tokens=args.keep_tokens,
+        reuse_tokens=args.reuse_tokens,
+        token_refresh_every=args.token_refresh_every,
+        action_reuse_max=args.action_reuse_max,
         parity_observations=args.parity_observations,
     )
+    if args.steering and not args.calibration:
+        raise InvalidSetting(
+            "--steering", "directions are found on demonstrations: add --calibration DEMOS"
+        )
     with err.status("loading model") as status:
         policy = _load_policy(args)
         calibration = None
+        steering = []
         if args.calibration:
             from edgevla.export.pruning import calibration_inputs
             from edgevla.sim.demos import load_demos
 
-            calibration = calibration_inputs(policy, load_demos(Path(args.calibration)))
+            demos = load_demos(Path(args.calibration))
+            calibration = calibration_inputs(policy, demos)
+            if args.steering:
+                from edgevla.export.steering import speed_direction
+
+                status.update("finding steering direction 'speed'")
+                steering.append(speed_direction(policy, demos))
         manifest = export_bundle(
             policy,
             Path(args.out),
@@ -83,6 +98,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             on_progress=status.update,
             calibration=calibration,
+            steering=steering,
         )
     pruning = manifest.optimizations.layer_pruning
     if pruning is not None:
@@ -261,10 +277,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     from edgevla.runtime.supervisor import RunOptions, run
 
     config = load_config(args.config)
+    if args.steer:
+        import msgspec
+
+        from edgevla.runtime.steering import parse_steer
+
+        steer = {**config.policy.steer, **parse_steer(args.steer)}
+        config = msgspec.structs.replace(
+            config, policy=msgspec.structs.replace(config.policy, steer=steer)
+        )
     if args.print_config:
         out.print(to_toml(config), markup=False)
         return 0
     bundle = load_bundle(config.policy.bundle)  # refuse a bad bundle before moving anything
+    if config.policy.steer:
+        from edgevla.runtime.steering import steering_inputs
+
+        steering_inputs(bundle.model, bundle.manifest.optimizations.steering, config.policy.steer)
     if bundle.model.num_cameras != len(config.cameras.names):
         err.print(
             f"[red]error:[/red] the bundle takes {bundle.model.num_cameras} cameras, "
@@ -372,6 +401,41 @@ def build_parser() -> argparse.ArgumentParser:
         help="demonstrations whose frames rank the layers and gate pruning (default: random "
         "frames, as the parity gate uses)",
     )
+    p.add_argument(
+        "--keep-tokens",
+        type=_positive,
+        metavar="K",
+        help="visual-token pruning: only the K visual tokens the token selector scores highest "
+        "enter the prefix decoder",
+    )
+    p.add_argument(
+        "--reuse-tokens",
+        type=_positive,
+        metavar="R",
+        help="visual-token reuse (VLA-Cache): add a prefix graph that recomputes R visual "
+        "tokens of the previous frame's cache and reuses the rest",
+    )
+    p.add_argument(
+        "--token-refresh-every",
+        type=_positive,
+        default=4,
+        metavar="k",
+        help="with --reuse-tokens: a full prefix pass at least every k-th plan",
+    )
+    p.add_argument(
+        "--action-reuse-max",
+        type=int,
+        default=0,
+        metavar="M",
+        help="action reuse (FlashVLA): skip up to M plans in a row while the last two agree "
+        "(0: off; a runtime setting, recorded as the bundle's default)",
+    )
+    p.add_argument(
+        "--steering",
+        action="store_true",
+        help="find the 'speed' steering direction on the --calibration demonstrations and "
+        "store it in the bundle (run with --steer speed=ALPHA)",
+    )
     p.add_argument("--parity-observations", type=_positive, default=3, metavar="M")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
 
@@ -425,6 +489,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FAULT@T",
         help="inject a fault at T seconds (repeatable): policy-hang, policy-crash, "
         "nan-plan, wild-plan, camera-stall, robot-pstop, robot-disconnect, estop, mcu-silent",
+    )
+    p.add_argument(
+        "--steer",
+        action="append",
+        default=[],
+        metavar="NAME=ALPHA",
+        help="activation steering along a direction the bundle carries (e.g. speed=0.5; "
+        "repeatable; see docs/optimizations.md)",
     )
     p.add_argument("--print-config", action="store_true", help="print the effective config")
     p.add_argument("--quiet", action="store_true", help="no live view")

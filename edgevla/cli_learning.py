@@ -434,10 +434,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from edgevla.runtime.manifest import validate_sampling
 
         validate_sampling(msgspec.structs.replace(bundle.manifest.sampling, **sampling))
+    reuse: dict[str, float] = {}
+    if args.action_reuse_max is not None:
+        reuse["action_reuse_max"] = args.action_reuse_max
+    if reuse:
+        from edgevla.runtime.manifest import validate_reuse
+
+        validate_reuse(
+            msgspec.structs.replace(bundle.manifest.reuse, **reuse), bundle.model.num_visual_tokens
+        )
+    from edgevla.runtime.steering import parse_steer, steering_inputs
+
+    steer = parse_steer(args.steer)
+    steering_inputs(bundle.model, bundle.manifest.optimizations.steering, steer)
     label = (
         f"N={bundle.candidates} "
         f"{'System 2 + System 1' if settings.system1_enabled else 'System 2 only'}"
-        + "".join(f" {key}={value:g}" for key, value in sampling.items())
+        + "".join(f" {key}={value:g}" for key, value in {**sampling, **reuse}.items())
+        + "".join(f" steer {key}={value:g}" for key, value in steer.items())
     )
     with _progress(err) as progress:
         task = progress.add_task(f"eval {label}", total=len(seeds), info="")
@@ -456,6 +470,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
             record_every=args.sheet_every if args.sheet else 0,
             sampling=sampling,
             on_episode=tick,
+            reuse=reuse,
+            steer=steer,
         )
     summary = summarize(results)
     report = {
@@ -465,6 +481,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "sampling": msgspec.to_builtins(
             msgspec.structs.replace(bundle.manifest.sampling, **sampling)
         ),
+        "reuse": msgspec.to_builtins(msgspec.structs.replace(bundle.manifest.reuse, **reuse)),
+        "steer": steer,
         "split": args.split,
         "seeds": [seeds[0], seeds[-1]],
         "settings": settings_record(settings),
@@ -617,6 +635,20 @@ def register(sub, add, group) -> None:
         type=int,
         metavar="k",
         help="action-expert caching: its blocks on every k-th Euler step (default: bundle's)",
+    )
+    p.add_argument(
+        "--action-reuse-max",
+        type=int,
+        metavar="M",
+        help="action reuse: skip up to M plans in a row while the last two agree (default: "
+        "bundle's)",
+    )
+    p.add_argument(
+        "--steer",
+        action="append",
+        default=[],
+        metavar="NAME=ALPHA",
+        help="activation steering along a direction the bundle carries (repeatable)",
     )
     p.add_argument("--workers", type=int, default=2, metavar="W", help="processes")
     p.add_argument("--json", metavar="PATH", help="write the JSON report here")

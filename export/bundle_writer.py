@@ -10,6 +10,7 @@ bundle is renamed back. Only a directory holding a manifest.json is ever replace
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import importlib.metadata
 import logging
@@ -21,13 +22,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import msgspec
+
 from edgevla.export.checkpoint import ReferencePolicy
 from edgevla.export.onnx_export import export_graph, external_data_file, model_at_precision
 from edgevla.export.parity import ParityError, failures, parity_inputs, run_parity_gate
 from edgevla.export.pruning import choose_pruning
 from edgevla.runtime.backend import CPU, BackendConfig, OnnxRuntimeBackend
 from edgevla.runtime.bundle import load_bundle, sha256_file
-from edgevla.runtime.errors import EdgeVlaError, InvalidSetting
+from edgevla.runtime.errors import ConfigError, EdgeVlaError, InvalidSetting
 from edgevla.runtime.manifest import (
     MANIFEST_NAME,
     SCHEMA_VERSION,
@@ -35,10 +38,15 @@ from edgevla.runtime.manifest import (
     GraphEntry,
     Manifest,
     Optimizations,
+    Reuse,
     Sampling,
+    SteeringDirection,
     TensorEntry,
     TokenizerEntry,
+    TokenPruning,
+    TokenReuse,
     encode_manifest,
+    validate_reuse,
     validate_sampling,
 )
 from edgevla.runtime.model_config import PRECISIONS, graph_specs
@@ -79,6 +87,14 @@ class ExportOptions:
     # deepest cut whose plans keep `prune_min_cosine` against the unpruned model, 0 for none.
     prune_layers: int | str = 0
     prune_min_cosine: float = 0.98
+    # Visual-token pruning: the prefix keeps the K visual tokens the selector scores highest.
+    keep_tokens: int | None = None
+    # Visual-token reuse: a `prefix_reuse` graph recomputing R visual tokens of the last cache,
+    # with a full prefix pass every `token_refresh_every`-th plan.
+    reuse_tokens: int | None = None
+    token_refresh_every: int = 4
+    # Action reuse: plans that may be skipped in a row when the last two agreed (0: off).
+    action_reuse_max: int = 0
     parity_observations: int = 3
     parity_seed: int = 0
     opset: int | None = None
@@ -102,6 +118,22 @@ class ExportOptions:
             raise InvalidSetting(
                 "ExportOptions.prune_min_cosine", f"{self.prune_min_cosine!r} must be in (0, 1]"
             )
+        for field in ("keep_tokens", "reuse_tokens"):
+            value = getattr(self, field)
+            if value is not None and (
+                not isinstance(value, int) or isinstance(value, bool) or value < 1
+            ):
+                raise InvalidSetting(f"ExportOptions.{field}", f"{value!r} must be >= 1")
+        if self.keep_tokens is not None and self.reuse_tokens is not None:
+            raise InvalidSetting(
+                "ExportOptions.reuse_tokens",
+                "token reuse updates a full-length cache; it does not combine with keep_tokens",
+            )
+
+    def reuse(self) -> Reuse:
+        return Reuse(
+            token_refresh_every=self.token_refresh_every, action_reuse_max=self.action_reuse_max
+        )
 
     def sampling(self) -> Sampling:
         return Sampling(
@@ -207,12 +239,14 @@ def export_bundle(
     overwrite: bool = False,
     on_progress: Callable[[str], None] = lambda _: None,
     calibration: Sequence[PrefixInputs] | None = None,
+    steering: Sequence[SteeringDirection] = (),
 ) -> Manifest:
     """Export `policy` to a verified bundle at `out`; on any failure nothing is left behind.
 
     `calibration`: observations that layer pruning ranks layers and gates fidelity on (default:
     the parity gate's kind, random frames with real instructions; a trained policy should get
-    frames from its own task, `pruning.calibration_inputs`).
+    frames from its own task, `pruning.calibration_inputs`). `steering`: named directions the
+    bundle carries (`export.steering`).
     """
     out = Path(out)
     options.validate()
@@ -242,7 +276,27 @@ def export_bundle(
         policy = choice.policy
         optimizations = Optimizations(layer_pruning=choice.record)
     cfg = policy.config
-    specs = graph_specs(cfg, options.candidates, options.precision)
+    try:
+        specs = graph_specs(
+            cfg, options.candidates, options.precision, options.keep_tokens, options.reuse_tokens
+        )
+        validate_reuse(options.reuse(), cfg.num_visual_tokens, where="ExportOptions")
+    except ConfigError as exc:
+        raise InvalidSetting("ExportOptions", str(exc)) from None
+    v_tokens = cfg.num_visual_tokens
+    if options.keep_tokens is not None:
+        policy = dataclasses.replace(
+            policy, model=policy.model.with_token_pruning(options.keep_tokens)
+        )
+        optimizations = msgspec.structs.replace(
+            optimizations,
+            token_pruning=TokenPruning(options.keep_tokens, v_tokens, scorer="selector"),
+        )
+    if options.reuse_tokens is not None:
+        optimizations = msgspec.structs.replace(
+            optimizations, token_reuse=TokenReuse(options.reuse_tokens, v_tokens)
+        )
+    optimizations = msgspec.structs.replace(optimizations, steering=list(steering))
     created = _missing_ancestors(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -276,6 +330,7 @@ def export_bundle(
             options.parity_observations,
             options.parity_seed,
             on_progress,
+            options.reuse_tokens,
         )
         if not report.passed:
             raise ParityError(
@@ -312,6 +367,7 @@ def export_bundle(
             library_versions=library_versions(),
             parity=report,
             optimizations=optimizations,
+            reuse=options.reuse(),
         )
         (staging / MANIFEST_NAME).write_bytes(encode_manifest(manifest))
         load_bundle(staging)  # the bundle must pass the same checks the robot will apply

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from edgevla.export.reference import DualSystemVLA
 from edgevla.runtime.errors import EdgeVlaError
-from edgevla.runtime.model_config import GraphSpec, TensorSpec, cache_dtype
+from edgevla.runtime.model_config import GraphSpec, ModelConfig, TensorSpec, cache_dtype
 
 log = logging.getLogger(__name__)
 # The exporter logs a warning per torchvision op it cannot register; we use none of them.
@@ -46,12 +46,28 @@ class PrefixGraph(nn.Module):
         self.model, self.kv_dtype = model, kv_dtype
 
     def forward(
-        self, images: Tensor, instruction_ids: Tensor, instruction_mask: Tensor, state: Tensor
+        self,
+        images: Tensor,
+        instruction_ids: Tensor,
+        instruction_mask: Tensor,
+        state: Tensor,
+        keep_mask: Tensor,
+        steer_bias: Tensor,
     ) -> tuple[Tensor, ...]:
-        k, v, mask, summary, scores = self.model.encode_prefix(
-            images, instruction_ids, instruction_mask, state
+        k, v, mask, summary, scores, kept = self.model.encode_prefix(
+            images, instruction_ids, instruction_mask, state, keep_mask, steer_bias
         )
-        return k.to(self.kv_dtype), v.to(self.kv_dtype), mask, summary, scores
+        return k.to(self.kv_dtype), v.to(self.kv_dtype), mask, summary, scores, kept
+
+
+class PrefixReuseGraph(nn.Module):
+    def __init__(self, model: DualSystemVLA, kv_dtype: torch.dtype) -> None:
+        super().__init__()
+        self.model, self.kv_dtype = model, kv_dtype
+
+    def forward(self, *inputs: Tensor) -> tuple[Tensor, ...]:
+        k, v, mask, summary, scores, kept = self.model.encode_prefix_reuse(*inputs)
+        return k.to(self.kv_dtype), v.to(self.kv_dtype), mask, summary, scores, kept
 
 
 class ExpertStepGraph(nn.Module):
@@ -107,6 +123,7 @@ def graph_module(model: DualSystemVLA, graph: str, precision: str) -> nn.Module:
     kv = torch.float16 if cache_dtype(precision) == "float16" else torch.float32
     modules = {
         "prefix": lambda: PrefixGraph(model, kv),
+        "prefix_reuse": lambda: PrefixReuseGraph(model, kv),
         "expert_step": lambda: ExpertStepGraph(model),
         "expert_cached": lambda: ExpertCachedGraph(model),
         "value": lambda: ValueGraph(model),
@@ -115,12 +132,20 @@ def graph_module(model: DualSystemVLA, graph: str, precision: str) -> nn.Module:
     return modules[graph]().eval()
 
 
-def example_tensor(spec: TensorSpec, rng: np.random.Generator, vocab_size: int) -> Tensor:
-    """A valid random value for `spec` (masks all-True, ids inside the vocabulary)."""
-    if spec.dtype == "uint8":
+def example_tensor(spec: TensorSpec, rng: np.random.Generator, cfg: ModelConfig) -> Tensor:
+    """A valid random value for `spec` (masks all-True, ids inside the vocabulary, token
+    indices distinct and ascending, steering near its neutral value)."""
+    if spec.name == "recompute_tokens":
+        picked = rng.choice(cfg.num_visual_tokens, size=spec.shape[-1], replace=False)
+        array = np.sort(picked)[None].astype(np.int64)
+    elif spec.name == "keep_mask":
+        array = np.ones(spec.shape, dtype=np.float32)
+    elif spec.name == "steer_bias":
+        array = (0.1 * rng.standard_normal(spec.shape)).astype(np.float32)
+    elif spec.dtype == "uint8":
         array = rng.integers(0, 256, spec.shape, dtype=np.uint8)
     elif spec.dtype == "int64":
-        array = rng.integers(2, vocab_size, spec.shape, dtype=np.int64)
+        array = rng.integers(2, cfg.vocab_size, spec.shape, dtype=np.int64)
     elif spec.dtype == "bool":
         array = np.ones(spec.shape, dtype=bool)
     elif spec.name == "time":
@@ -161,7 +186,7 @@ def export_graph(
     """
     module = graph_module(model, spec.name, precision)
     rng = np.random.default_rng(0)
-    args = tuple(example_tensor(t, rng, model.cfg.vocab_size) for t in spec.inputs)
+    args = tuple(example_tensor(t, rng, model.cfg) for t in spec.inputs)
     with torch.no_grad(), warnings.catch_warnings(), redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         try:

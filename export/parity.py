@@ -24,6 +24,7 @@ from edgevla.runtime.manifest import ChoiceParity, OutputParity, ParityReport, S
 from edgevla.runtime.model_config import GRAPH_NAMES
 from edgevla.runtime.normalization import Normalizer
 from edgevla.runtime.parity_thresholds import THRESHOLDS, describe_gate, output_passes
+from edgevla.runtime.steering import SteeringInputs, neutral
 from edgevla.runtime.tokenizer import InstructionTokenizer
 
 PARITY_INSTRUCTIONS = (
@@ -82,15 +83,61 @@ def parity_inputs(policy: ReferencePolicy, count: int, seed: int) -> list[system
     for i in range(count):
         ids, mask = tokenizer.encode(PARITY_INSTRUCTIONS[i % len(PARITY_INSTRUCTIONS)])
         shape = (1, cfg.num_cameras, cfg.image_size, cfg.image_size, 3)
+        # Neutral steering on the first observation, as the runtime runs by default; then a
+        # steer bias, and on every third one FFN neurons switched off, so both inputs are gated.
+        steering = neutral(cfg)
+        if i % 3 >= 1:
+            bias = 0.1 * rng.standard_normal(steering.steer_bias.shape)
+            steering = SteeringInputs(steering.keep_mask, bias.astype(np.float32))
+        if i % 3 == 2:
+            keep = (rng.random(steering.keep_mask.shape) > 0.1).astype(np.float32)
+            steering = SteeringInputs(keep, steering.steer_bias)
         observations.append(
             system2.PrefixInputs(
                 images=rng.integers(0, 256, shape, dtype=np.uint8),
                 instruction_ids=ids,
                 instruction_mask=mask,
                 state=rng.standard_normal((1, cfg.state_dim)).astype(np.float32),
+                keep_mask=steering.keep_mask,
+                steer_bias=steering.steer_bias,
             )
         )
     return observations
+
+
+_PREFIX_OUTPUTS = (
+    "prefix_k",
+    "prefix_v",
+    "prefix_mask",
+    "value_summary",
+    "token_scores",
+    "kept_tokens",
+)
+
+
+def _reuse_parity(
+    model: torch.nn.Module,
+    backend: InferenceBackend,
+    inputs: system2.PrefixInputs,
+    cache: dict[str, np.ndarray],
+    recompute_tokens: int,
+    rng: np.random.Generator,
+    tally: _Tally,
+) -> None:
+    """`prefix_reuse` against PyTorch: this observation over another one's cache."""
+    cfg = model.cfg
+    tokens = np.sort(rng.choice(cfg.num_visual_tokens, recompute_tokens, replace=False))[None]
+    feeds = {
+        **inputs.feeds(),
+        "cache_k": cache["prefix_k"],
+        "cache_v": cache["prefix_v"],
+        "recompute_tokens": tokens.astype(np.int64),
+    }
+    with torch.no_grad():
+        ref = model.encode_prefix_reuse(*(torch.from_numpy(v) for v in feeds.values()))
+    got = backend.run("prefix_reuse", feeds)
+    for name, value in zip(_PREFIX_OUTPUTS, ref, strict=True):
+        tally.add("prefix_reuse", name, value.numpy(), got[name])
 
 
 def run_parity_gate(
@@ -101,11 +148,14 @@ def run_parity_gate(
     observations: int = 3,
     seed: int = 0,
     on_progress: Callable[[str], None] | None = None,
+    recompute_tokens: int | None = None,
 ) -> ParityReport:
     """Compare `backend` (the exported graphs) with the float32 PyTorch model.
 
     Mismatches are reported, not raised. Only a NaN or Inf from the exported graphs inside a
     whole plan or reaction, which the runtime itself refuses, raises ParityError naming it.
+    A token-pruned policy's model keeps its tokens in PyTorch too; `recompute_tokens` gates
+    the `prefix_reuse` graph as well.
     """
     model, cfg = policy.model, policy.config
     thresholds = THRESHOLDS[precision]
@@ -117,22 +167,23 @@ def run_parity_gate(
     n, h, a = sampling.candidates, cfg.chunk_len, cfg.action_dim
     starts = system2.candidate_start_times(n, sampling.start_time_min, sampling.start_time_max)
     normalizer = Normalizer.from_manifest(policy.normalization)
+    previous_cache: dict[str, np.ndarray] | None = None
     for i, inputs in enumerate(parity_inputs(policy, observations, seed)):
         if on_progress:
             on_progress(f"parity observation {i + 1}/{observations}")
         feeds = inputs.feeds()
         with torch.no_grad():
             ref = model.encode_prefix(*(torch.from_numpy(v) for v in feeds.values()))
-        ref_prefix = dict(
-            zip(
-                ("prefix_k", "prefix_v", "prefix_mask", "value_summary", "token_scores"),
-                (t.numpy() for t in ref),
-                strict=True,
-            )
-        )
+        ref_prefix = dict(zip(_PREFIX_OUTPUTS, (t.numpy() for t in ref), strict=True))
         got = backend.run("prefix", feeds)
         for name, value in ref_prefix.items():
             tally.add("prefix", name, value, got[name])
+        if recompute_tokens is not None:
+            cache = {name: ref_prefix[name].astype(kv_dtype) for name in ("prefix_k", "prefix_v")}
+            _reuse_parity(
+                model, backend, inputs, previous_cache or cache, recompute_tokens, rng, tally
+            )
+            previous_cache = cache
 
         cache = {
             "prefix_k": ref_prefix["prefix_k"].astype(kv_dtype),
@@ -233,7 +284,8 @@ def run_parity_gate(
             raise ParityError(f"parity gate failed at {precision}; react: {exc}") from exc
         tally.add("react", "slice", torch_react(model, *react_args), got_slice)
 
-    graphs = {g: tally.report(g, thresholds) for g in GRAPH_NAMES}
+    names = [*GRAPH_NAMES, *(["prefix_reuse"] if recompute_tokens is not None else [])]
+    graphs = {g: tally.report(g, thresholds) for g in names}
     plan = tally.report("plan", thresholds)
     react = tally.report("react", thresholds)
     choice = ChoiceParity(

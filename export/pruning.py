@@ -27,6 +27,7 @@ from edgevla.export.reference_policy import torch_plan
 from edgevla.runtime import system2
 from edgevla.runtime.errors import InvalidSetting
 from edgevla.runtime.manifest import LayerPruning, Sampling
+from edgevla.runtime.steering import neutral
 
 DEFAULT_MIN_COSINE = 0.98
 
@@ -39,8 +40,9 @@ def layer_redundancy(
     valid tokens of every observation (1.0: the layer changes nothing)."""
     sums = np.zeros(model.cfg.n_layers)
     for inputs in observations:
+        # Unsteered: a steering bias would sit between one layer's output and the next's input.
         feeds = [torch.from_numpy(np.ascontiguousarray(a)) for a in inputs.feeds().values()]
-        states = model.prefix_states(*feeds)
+        states = model.prefix_states(*feeds[:4])
         valid = states.mask[0]
         layer_inputs = [states.embeddings, *states.hidden[:-1]]
         for i, (before, after) in enumerate(zip(layer_inputs, states.hidden, strict=True)):
@@ -180,6 +182,7 @@ def calibration_inputs(
         )
     tokenizer = InstructionTokenizer(policy.tokenizer, cfg.max_instruction_tokens)
     normalizer = Normalizer.from_manifest(policy.normalization)
+    steering = neutral(cfg)
     size = min(count, len(demos))
     rows = np.random.default_rng(seed).choice(len(demos), size=size, replace=False)
     inputs = []
@@ -191,6 +194,8 @@ def calibration_inputs(
                 instruction_ids=ids,
                 instruction_mask=mask,
                 state=normalizer.normalize_state(demos.state[i])[None],
+                keep_mask=steering.keep_mask,
+                steer_bias=steering.steer_bias,
             )
         )
     return inputs

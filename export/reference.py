@@ -20,6 +20,7 @@ float32 (the ViT and System 1 LayerNorms run at the weights' precision).
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -114,6 +115,23 @@ class GQABlock(nn.Module):
         self.up_proj = nn.Linear(width, ffn, bias=False)
         self.down_proj = nn.Linear(ffn, width, bias=False)
 
+    def _qkv(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        b, t, _ = x.shape
+        h = self.attn_norm(x)
+        q = self.q_proj(h).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(h).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(h).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        return q, apply_rope(k, cos, sin), v  # keys roped here, queries by the caller
+
+    def _finish(self, x: Tensor, attn: Tensor, ffn_mask: Tensor | None) -> Tensor:
+        b, t, _ = x.shape
+        x = x + self.o_proj(attn.transpose(1, 2).reshape(b, t, -1))
+        h = self.ffn_norm(x)
+        hidden = F.silu(self.gate_proj(h)) * self.up_proj(h)
+        if ffn_mask is not None:  # activation steering: switch FFN neurons off (1 keeps)
+            hidden = hidden * ffn_mask.to(hidden.dtype)
+        return x + self.down_proj(hidden)
+
     def forward(
         self,
         x: Tensor,
@@ -121,24 +139,41 @@ class GQABlock(nn.Module):
         sin: Tensor,
         mask: Tensor,
         past: tuple[Tensor, Tensor, Tensor] | None = None,
+        ffn_mask: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Returns (x, k, v) with this block's own keys/values (post-RoPE) for caching."""
         b, t, _ = x.shape
-        h = self.attn_norm(x)
-        q = self.q_proj(h).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(h).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(h).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k, v = self._qkv(x, cos, sin)
+        q = apply_rope(q, cos, sin)
         if past is None:
             attn = grouped_attention(q, [k], [v], [mask])
         else:
             past_k, past_v, past_mask = past
             own_mask = torch.ones(b, t, dtype=torch.bool, device=x.device)
             attn = grouped_attention(q, [past_k, k], [past_v, v], [past_mask, own_mask])
-        x = x + self.o_proj(attn.transpose(1, 2).reshape(b, t, -1))
-        h = self.ffn_norm(x)
-        x = x + self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h))
-        return x, k, v
+        return self._finish(x, attn, ffn_mask), k, v
+
+    def forward_partial(
+        self,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        positions: Tensor,
+        cache: tuple[Tensor, Tensor],
+        mask: Tensor,
+        ffn_mask: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Token reuse (VLA-Cache): `x` holds only the tokens being recomputed, at sequence
+        `positions` [B, R]; their fresh keys and values replace those rows of the previous
+        frame's `cache` ([B, kv, L, hd] each), and they attend to the whole updated layer.
+        Returns (x, k, v) with k and v the full updated layer cache."""
+        q, k, v = self._qkv(x, cos, sin)
+        q = apply_rope(q, cos, sin)
+        index = positions[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
+        full_k = cache[0].to(k.dtype).scatter(2, index, k)
+        full_v = cache[1].to(v.dtype).scatter(2, index, v)
+        attn = grouped_attention(q, [full_k], [full_v], [mask])
+        return self._finish(x, attn, ffn_mask), full_k, full_v
 
 
 class ViTBlock(nn.Module):
@@ -221,7 +256,8 @@ class PrefixStates:
     value_summary: Tensor  # [B, d_model] float32
     token_scores: Tensor  # [B, visual tokens] float32
     hidden: list[Tensor]  # per layer [B, L, d_model], before the final norm
-    embeddings: Tensor  # [B, L, d_model]: the input of layer 0
+    embeddings: Tensor  # [B, L, d_model]: the input of layer 0 (before any steering)
+    kept_tokens: Tensor  # [B, K] int64: the visual tokens in the prefix, ascending
 
 
 def critic(in_dim: int, hidden: int) -> nn.Sequential:
@@ -305,6 +341,9 @@ class DualSystemVLA(nn.Module):
         value_in = d + cfg.value_horizon * cfg.action_dim
         self.critics = nn.ModuleList(critic(value_in, cfg.value_hidden) for _ in range(2))
         self.system1 = System1Net(cfg)
+        # Visual-token pruning: how many visual tokens enter the decoder (None: all). Set on a
+        # copy by `with_token_pruning`; the graphs and the parity reference both follow it.
+        self.keep_tokens: int | None = None
         cos, sin = rope_tables(cfg.prefix_len + cfg.chunk_len, cfg.head_dim, cfg.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
@@ -313,36 +352,106 @@ class DualSystemVLA(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.action_in.weight.dtype
 
-    def encode_prefix(
-        self, images: Tensor, instruction_ids: Tensor, instruction_mask: Tensor, state: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """→ prefix_k, prefix_v [layers, B, kv, L, hd], prefix_mask, value_summary, token_scores."""
-        states = self.prefix_states(images, instruction_ids, instruction_mask, state)
-        return states.keys, states.values, states.mask, states.value_summary, states.token_scores
+    def with_token_pruning(self, keep_tokens: int | None) -> DualSystemVLA:
+        """This model (weights shared, not copied) keeping only the `keep_tokens` visual tokens
+        its token selector scores highest."""
+        if keep_tokens is not None and not 1 <= keep_tokens <= self.cfg.num_visual_tokens:
+            raise ValueError(
+                f"keep_tokens {keep_tokens} must be in [1, {self.cfg.num_visual_tokens}]"
+            )
+        clone = copy.copy(self)
+        clone.keep_tokens = keep_tokens
+        return clone
 
-    def prefix_states(
+    def encode_prefix(
+        self,
+        images: Tensor,
+        instruction_ids: Tensor,
+        instruction_mask: Tensor,
+        state: Tensor,
+        keep_mask: Tensor | None = None,
+        steer_bias: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """→ prefix_k, prefix_v [layers, B, kv, L, hd], prefix_mask, value_summary,
+        token_scores, kept_tokens."""
+        s = self.prefix_states(
+            images, instruction_ids, instruction_mask, state, keep_mask, steer_bias
+        )
+        return s.keys, s.values, s.mask, s.value_summary, s.token_scores, s.kept_tokens
+
+    def _prefix_inputs(
         self, images: Tensor, instruction_ids: Tensor, instruction_mask: Tensor, state: Tensor
-    ) -> PrefixStates:
-        """The prefix pass with every layer's output kept (training probes read them)."""
-        cfg, dtype = self.cfg, self.dtype
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(visual tokens, text tokens, [state, value query] tokens, selector scores)."""
+        cfg = self.cfg
         b = images.shape[0]
         visual = self.vision_proj(self.vision(images))
         text = self.embed_tokens(instruction_ids) * math.sqrt(cfg.d_model)
-        st = self.state_proj(state.to(dtype))[:, None]
-        x = torch.cat([visual, text, st, self.value_query.expand(b, 1, -1)], dim=1)
-        valid = torch.ones(b, cfg.num_visual_tokens, dtype=torch.bool, device=images.device)
-        tail = torch.ones(b, 2, dtype=torch.bool, device=images.device)
-        mask = torch.cat([valid, instruction_mask, tail], dim=1)
-        cos, sin = self.rope_cos[: cfg.prefix_len], self.rope_sin[: cfg.prefix_len]
+        st = self.state_proj(state.to(self.dtype))[:, None]
+        tail = torch.cat([st, self.value_query.expand(b, 1, -1)], dim=1)
+        return visual, text, tail, self.selector(visual, text, instruction_mask)
+
+    def _visual_subset(self, visual: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Visual tokens at indices `tokens` [B, K] and their RoPE tables at their own
+        sequence positions (a kept token keeps the position it has in the full prefix)."""
+        cfg = self.cfg
+        b = visual.shape[0]
+        picked = torch.gather(visual, 1, tokens[..., None].expand(-1, -1, visual.shape[-1]))
+        rest = torch.arange(cfg.num_visual_tokens, cfg.prefix_len, device=visual.device)
+        positions = torch.cat([tokens, rest[None].expand(b, -1)], dim=1)
+        cos = self.rope_cos[positions][:, None]  # [B, 1, L', hd]: broadcast over heads
+        sin = self.rope_sin[positions][:, None]
+        return picked, cos, sin
+
+    def _full_mask(self, instruction_mask: Tensor, visual_tokens: int) -> Tensor:
+        b = instruction_mask.shape[0]
+        valid = torch.ones(b, visual_tokens, dtype=torch.bool, device=instruction_mask.device)
+        tail = torch.ones(b, 2, dtype=torch.bool, device=instruction_mask.device)
+        return torch.cat([valid, instruction_mask, tail], dim=1)
+
+    def prefix_states(
+        self,
+        images: Tensor,
+        instruction_ids: Tensor,
+        instruction_mask: Tensor,
+        state: Tensor,
+        keep_mask: Tensor | None = None,
+        steer_bias: Tensor | None = None,
+    ) -> PrefixStates:
+        """The prefix pass with every layer's output kept (training probes read them).
+
+        `keep_mask` [layers, ffn_dim] scales each layer's FFN neurons and `steer_bias`
+        [layers, d_model] is added to the residual stream entering each layer (activation
+        steering); None, ones and zeros leave the model unchanged. With `keep_tokens` set
+        (visual-token pruning) only the K visual tokens the selector scores highest enter the
+        decoder.
+        """
+        cfg = self.cfg
+        b = images.shape[0]
+        visual, text, tail, scores = self._prefix_inputs(
+            images, instruction_ids, instruction_mask, state
+        )
+        if self.keep_tokens is None:
+            kept = torch.arange(cfg.num_visual_tokens, device=images.device)[None].expand(b, -1)
+            cos, sin = self.rope_cos[: cfg.prefix_len], self.rope_sin[: cfg.prefix_len]
+        else:
+            # Sorted, so the kept tokens stay in frame order (and top-k ties cannot reorder).
+            kept = torch.topk(scores, self.keep_tokens, dim=-1).indices.sort(dim=-1).values
+            visual_kept, cos, sin = self._visual_subset(visual, kept)
+            visual = visual_kept
+        x = torch.cat([visual, text, tail], dim=1)
+        mask = self._full_mask(instruction_mask, visual.shape[1])
         embeddings = x
         ks, vs, hidden = [], [], []
-        for layer in self.layers:
-            x, k, v = layer(x, cos, sin, mask)
+        for i, layer in enumerate(self.layers):
+            if steer_bias is not None:
+                x = x + steer_bias[i].to(x.dtype)
+            ffn_mask = None if keep_mask is None else keep_mask[i]
+            x, k, v = layer(x, cos, sin, mask, ffn_mask=ffn_mask)
             ks.append(k)
             vs.append(v)
             hidden.append(x)
         x = self.final_norm(x)
-        scores = self.selector(visual, text, instruction_mask)
         return PrefixStates(
             keys=torch.stack(ks),
             values=torch.stack(vs),
@@ -351,7 +460,49 @@ class DualSystemVLA(nn.Module):
             token_scores=scores,
             hidden=hidden,
             embeddings=embeddings,
+            kept_tokens=kept,
         )
+
+    def encode_prefix_reuse(
+        self,
+        images: Tensor,
+        instruction_ids: Tensor,
+        instruction_mask: Tensor,
+        state: Tensor,
+        keep_mask: Tensor,
+        steer_bias: Tensor,
+        cache_k: Tensor,
+        cache_v: Tensor,
+        recompute_tokens: Tensor,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Visual-token reuse (VLA-Cache): the previous prefix cache with only the visual tokens
+        `recompute_tokens` [B, R] (and every text, state and value-query token) recomputed.
+
+        The ViT and the selector still see the whole new frame; the decoder runs R + T + 2
+        query tokens instead of the full prefix. A reused token keeps the keys and values it had
+        in `cache_k`/`cache_v` at every layer. Outputs as `encode_prefix`.
+        """
+        cfg = self.cfg
+        b = images.shape[0]
+        visual, text, tail, scores = self._prefix_inputs(
+            images, instruction_ids, instruction_mask, state
+        )
+        visual_new, cos, sin = self._visual_subset(visual, recompute_tokens)
+        rest = torch.arange(cfg.num_visual_tokens, cfg.prefix_len, device=images.device)
+        positions = torch.cat([recompute_tokens, rest[None].expand(b, -1)], dim=1)
+        x = torch.cat([visual_new, text, tail], dim=1)
+        mask = self._full_mask(instruction_mask, cfg.num_visual_tokens)
+        ks, vs = [], []
+        for i, layer in enumerate(self.layers):
+            x = x + steer_bias[i].to(x.dtype)
+            x, k, v = layer.forward_partial(
+                x, cos, sin, positions, (cache_k[i], cache_v[i]), mask, keep_mask[i]
+            )
+            ks.append(k)
+            vs.append(v)
+        x = self.final_norm(x)
+        kept = torch.arange(cfg.num_visual_tokens, device=images.device)[None].expand(b, -1)
+        return torch.stack(ks), torch.stack(vs), mask, x[:, -1].float(), scores, kept
 
     def expert_velocity(
         self, prefix_k: Tensor, prefix_v: Tensor, prefix_mask: Tensor, noisy: Tensor, t: Tensor

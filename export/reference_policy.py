@@ -36,7 +36,7 @@ def torch_plan(
     steps: int,
     cache_every: int = 1,
 ) -> TorchPlan:
-    k, v, mask, summary, _ = model.encode_prefix(*to_torch(inputs))
+    k, v, mask, summary, _, _ = model.encode_prefix(*to_torch(inputs))
     starts = torch.from_numpy(start_times)
     x = torch.from_numpy(noise).clone()
     dt = starts / steps

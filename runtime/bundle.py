@@ -28,10 +28,10 @@ from edgevla.runtime.manifest import (
     FileEntry,
     Manifest,
     decode_manifest,
+    validate_reuse,
     validate_sampling,
 )
 from edgevla.runtime.model_config import (
-    GRAPH_NAMES,
     PRECISIONS,
     GraphSpec,
     ModelConfig,
@@ -214,14 +214,14 @@ def _check_sampling(bundle_dir: Path, manifest: Manifest) -> None:
 
 def _check_signatures(bundle_dir: Path, manifest: Manifest, specs: dict[str, GraphSpec]) -> None:
     manifest_path = bundle_dir / MANIFEST_NAME
-    missing = set(GRAPH_NAMES) - set(manifest.graphs)
-    extra = set(manifest.graphs) - set(GRAPH_NAMES)
+    missing = set(specs) - set(manifest.graphs)
+    extra = set(manifest.graphs) - set(specs)
     if missing or extra:
         raise BundleSchemaError(
             manifest_path,
             "graphs",
-            f"expected graphs {sorted(GRAPH_NAMES)}, missing {sorted(missing)}, "
-            f"unknown {sorted(extra)}",
+            f"expected graphs {sorted(specs)} (from the model and `optimizations`), missing "
+            f"{sorted(missing)}, unknown {sorted(extra)}",
         )
     for name, spec in specs.items():
         entry = manifest.graphs[name]
@@ -315,6 +315,58 @@ def _check_optimizations(manifest_path: Path, manifest: Manifest, cfg: ModelConf
         )
 
 
+def _check_token_options(manifest_path: Path, manifest: Manifest, cfg: ModelConfig) -> None:
+    """Token pruning and reuse records must fit the model; steering directions its width."""
+    o = manifest.optimizations
+    for field, record in (("token_pruning", o.token_pruning), ("token_reuse", o.token_reuse)):
+        if record is not None and record.visual_tokens != cfg.num_visual_tokens:
+            raise BundleShapeMismatch(
+                manifest_path,
+                f"optimizations.{field}.visual_tokens",
+                f"{record.visual_tokens}, the model has {cfg.num_visual_tokens} visual tokens",
+            )
+    if o.token_pruning is not None and o.token_pruning.scorer != "selector":
+        raise BundleSchemaError(
+            manifest_path,
+            "optimizations.token_pruning.scorer",
+            f"{o.token_pruning.scorer!r}; this runtime knows 'selector'",
+        )
+    names = [d.name for d in o.steering]
+    if len(set(names)) != len(names):
+        raise BundleSchemaError(manifest_path, "optimizations.steering", f"repeated names {names}")
+    want = (cfg.n_layers, cfg.d_model)
+    for i, direction in enumerate(o.steering):
+        vectors = direction.vectors
+        shape = (len(vectors), *{len(row) for row in vectors})
+        if shape != want:
+            raise BundleShapeMismatch(
+                manifest_path,
+                f"optimizations.steering[{i}].vectors ({direction.name})",
+                f"is {len(vectors)} rows of lengths {sorted({len(r) for r in vectors})}; the "
+                f"model needs {want[0]} (layers) of {want[1]} (d_model)",
+            )
+        if not all(math.isfinite(x) for row in vectors for x in row):
+            raise BundleSchemaError(
+                manifest_path, f"optimizations.steering[{i}].vectors", "must be finite"
+            )
+    try:
+        validate_reuse(manifest.reuse, cfg.num_visual_tokens)
+    except InvalidSetting as exc:
+        raise BundleSchemaError(manifest_path, exc.field, exc.reason) from None
+
+
+def bundle_graph_specs(manifest: Manifest, cfg: ModelConfig) -> dict[str, GraphSpec]:
+    """The graphs a bundle must have: the model's, shaped by its token options."""
+    o = manifest.optimizations
+    return graph_specs(
+        cfg,
+        manifest.sampling.candidates,
+        manifest.precision,
+        keep_tokens=None if o.token_pruning is None else o.token_pruning.keep_tokens,
+        recompute_tokens=None if o.token_reuse is None else o.token_reuse.recompute_tokens,
+    )
+
+
 def _check_spaces(bundle_dir: Path, manifest: Manifest, cfg: ModelConfig) -> None:
     manifest_path = bundle_dir / MANIFEST_NAME
     norm, space = manifest.normalization, manifest.action_space
@@ -396,8 +448,8 @@ def _check_parity(bundle_dir: Path, manifest: Manifest, specs: dict[str, GraphSp
     expected.update({"plan": list(PLAN_OUTPUTS), "react": list(REACT_OUTPUTS)})
     recorded = {f"graphs.{g}": outputs for g, outputs in p.graphs.items()}
     recorded.update({"plan": p.plan, "react": p.react})
-    if set(p.graphs) != set(GRAPH_NAMES):
-        raise refuse("graphs", f"reports {sorted(p.graphs)}, expected {sorted(GRAPH_NAMES)}")
+    if set(p.graphs) != set(specs):
+        raise refuse("graphs", f"reports {sorted(p.graphs)}, expected {sorted(specs)}")
     for where, names in expected.items():
         group = where.removeprefix("graphs.")
         if sorted(recorded[where]) != sorted(names):
@@ -441,7 +493,10 @@ def load_bundle(path: Path | str) -> Bundle:
         cfg = ModelConfig.from_dict(manifest.model)
     except ConfigError as exc:
         raise BundleSchemaError(manifest_path, "model", str(exc)) from exc
-    specs = graph_specs(cfg, manifest.sampling.candidates, manifest.precision)
+    try:
+        specs = bundle_graph_specs(manifest, cfg)
+    except ConfigError as exc:
+        raise BundleShapeMismatch(manifest_path, "optimizations", str(exc)) from exc
     _check_referenced(bundle_dir, manifest)
     for rel, entry in manifest.files.items():
         _check_file(bundle_dir, rel, entry)
@@ -451,6 +506,7 @@ def load_bundle(path: Path | str) -> Bundle:
     _check_tokenizer(bundle_dir, manifest, cfg)
     _check_parity(bundle_dir, manifest, specs)
     _check_optimizations(manifest_path, manifest, cfg)
+    _check_token_options(manifest_path, manifest, cfg)
     return Bundle(
         path=bundle_dir,
         manifest=manifest,

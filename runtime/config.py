@@ -108,6 +108,8 @@ class PolicyConfig(_Section):
     crossfade_s: float = 0.1  # new actions blend in over this span after the frozen part
     seed: int = 0
     intra_op_threads: int = 0
+    # Activation steering: direction name (from the bundle) → alpha; empty runs unsteered.
+    steer: dict[str, float] = {}
 
 
 class RuntimeConfig(_Section):
@@ -353,4 +355,8 @@ def _toml_value(value: Any) -> str:
         return json.dumps(value)  # JSON's string escapes are valid TOML basic-string escapes
     if isinstance(value, tuple | list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):  # an inline table
+        return (
+            "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
+        )
     return repr(value)

@@ -15,7 +15,10 @@ from edgevla.runtime.errors import InvalidSetting
 # (`normalization.s1_delta_mean/std`); a version-2 System 1 read absolute targets.
 # 4: the `expert_cached` graph and `expert_step`'s `residual` output (action-expert caching,
 # `sampling.expert_cache_every`); `optimizations` records how the model was pruned.
-SCHEMA_VERSION = 4
+# 5: the prefix graphs take `keep_mask` and `steer_bias` (activation steering) and return
+# `kept_tokens`; `optimizations` gains token pruning, token reuse (the `prefix_reuse` graph) and
+# steering directions; `reuse` holds the runtime's token- and action-reuse settings.
+SCHEMA_VERSION = 5
 MANIFEST_NAME = "manifest.json"
 
 
@@ -134,11 +137,95 @@ class LayerPruning(_Strict):
     calibration_observations: int
 
 
+class TokenPruning(_Strict):
+    """Visual-token pruning: the prefix graph keeps the `keep_tokens` visual tokens that the
+    token selector scores highest on the current frame (top-k inside the graph)."""
+
+    keep_tokens: int
+    visual_tokens: int
+    scorer: str  # "selector": the instruction-conditioned token-selector head
+
+
+class TokenReuse(_Strict):
+    """Visual-token reuse (VLA-Cache): the `prefix_reuse` graph recomputes `recompute_tokens`
+    visual tokens of the previous frame's cache (a static bucket) and reuses the rest."""
+
+    recompute_tokens: int
+    visual_tokens: int
+
+
+class SteeringDirection(_Strict):
+    """A named direction in the prefix's residual stream; `--steer NAME=ALPHA` adds
+    alpha · vectors[l] to the input of prefix layer l."""
+
+    name: str
+    method: str  # how it was found, in words
+    vectors: list[list[float]]  # [layers][d_model]
+    calibration_rows: int
+    # The contrast's own measure on the calibration rows (e.g. mean speed of each group).
+    contrast: dict[str, float]
+
+
 class Optimizations(_Strict):
     """What the graphs were built with beyond the model itself. Runtime knobs that every bundle
-    supports (action-expert caching) live in `sampling`."""
+    supports (action-expert caching) live in `sampling`; reuse settings live in `reuse`."""
 
     layer_pruning: LayerPruning | None = None
+    token_pruning: TokenPruning | None = None
+    token_reuse: TokenReuse | None = None
+    steering: list[SteeringDirection] = []
+
+
+class Reuse(_Strict):
+    """Runtime settings of visual-token reuse and action reuse (runtime/reuse.py).
+
+    Token reuse runs only in bundles with the `prefix_reuse` graph; action reuse (FlashVLA)
+    skips a System 2 plan, re-anchoring the previous one, when the last two computed plans kept
+    nearly the same top-scored visual tokens and agreed on the actions they share.
+    """
+
+    token_refresh_every: int = 4  # a full prefix pass at least every k-th plan
+    token_relevant: int = 8  # the selector's top tokens are always recomputed
+    max_frame_gap_s: float = 0.5  # a longer gap between planned frames drops all reuse state
+    action_reuse_max: int = 0  # consecutive plans that may be skipped; 0: off
+    action_top_tokens: int = 16  # the kept-token set compared between plans
+    action_min_overlap: float = 0.8  # Jaccard overlap of those sets
+    action_max_change_rad: float = 0.02  # joint disagreement of the two plans' shared steps
+
+
+def validate_reuse(reuse: Reuse, visual_tokens: int, where: str = "reuse") -> None:
+    r = reuse
+    ints = ("token_refresh_every", "token_relevant", "action_reuse_max", "action_top_tokens")
+    for field in ints:
+        value = getattr(r, field)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise InvalidSetting(f"{where}.{field}", f"{value!r} must be an integer")
+    for field in ("max_frame_gap_s", "action_min_overlap", "action_max_change_rad"):
+        value = getattr(r, field)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise InvalidSetting(f"{where}.{field}", f"{value!r} must be a number")
+        if not math.isfinite(value):
+            raise InvalidSetting(f"{where}.{field}", f"{value!r} must be finite")
+    rules = [
+        ("token_refresh_every", r.token_refresh_every >= 1, "must be >= 1"),
+        (
+            "token_relevant",
+            0 <= r.token_relevant <= visual_tokens,
+            f"must be in [0, {visual_tokens}]",
+        ),
+        ("max_frame_gap_s", r.max_frame_gap_s > 0, "must be > 0"),
+        ("action_reuse_max", r.action_reuse_max >= 0, "must be >= 0"),
+        (
+            "action_top_tokens",
+            1 <= r.action_top_tokens <= visual_tokens,
+            f"must be in [1, {visual_tokens}]",
+        ),
+        ("action_min_overlap", 0.0 <= r.action_min_overlap <= 1.0, "must be in [0, 1]"),
+        ("action_max_change_rad", r.action_max_change_rad >= 0, "must be >= 0"),
+    ]
+    for field, ok, rule in rules:
+        if not ok:
+            raise InvalidSetting(f"{where}.{field}", f"{getattr(r, field)!r} {rule}")
 
 
 class OutputParity(_Strict):
@@ -181,6 +268,7 @@ class Manifest(_Strict):
     library_versions: dict[str, str]
     parity: ParityReport
     optimizations: Optimizations
+    reuse: Reuse
 
 
 def encode_manifest(manifest: Manifest) -> bytes:

@@ -15,6 +15,8 @@ import msgspec
 from edgevla.runtime.errors import ConfigError
 
 GRAPH_NAMES = ("prefix", "expert_step", "expert_cached", "value", "system1")
+# Graphs a bundle has only when exported with the option that needs them.
+OPTIONAL_GRAPHS = ("prefix_reuse",)
 PRECISIONS = ("fp32", "fp16")
 
 
@@ -129,42 +131,63 @@ def cache_dtype(precision: str) -> str:
     return "float16" if precision == "fp16" else "float32"
 
 
-def graph_specs(cfg: ModelConfig, candidates: int, precision: str) -> dict[str, GraphSpec]:
-    """Static-shape signatures of the five graphs for `candidates` (N) System 2 candidates."""
+def graph_specs(
+    cfg: ModelConfig,
+    candidates: int,
+    precision: str,
+    keep_tokens: int | None = None,
+    recompute_tokens: int | None = None,
+) -> dict[str, GraphSpec]:
+    """Static-shape signatures of the graphs for `candidates` (N) System 2 candidates.
+
+    `keep_tokens` K (visual-token pruning): the prefix holds K of the visual tokens, so the
+    cache is K + T + 2 long. `recompute_tokens` R (visual-token reuse): adds `prefix_reuse`,
+    which takes the previous cache and recomputes R visual tokens. The two do not combine.
+    """
     if candidates < 1:
         raise ConfigError(f"candidates must be >= 1, got {candidates}")
+    v_tokens = cfg.num_visual_tokens
+    for name, value in (("keep_tokens", keep_tokens), ("recompute_tokens", recompute_tokens)):
+        if value is not None and not 1 <= value <= v_tokens:
+            raise ConfigError(f"{name} must be in [1, {v_tokens}] visual tokens, got {value}")
+    if keep_tokens is not None and recompute_tokens is not None:
+        raise ConfigError("visual-token pruning and visual-token reuse do not combine")
     kv = cache_dtype(precision)
     n, h, a = candidates, cfg.chunk_len, cfg.action_dim
     s, c, t = cfg.image_size, cfg.num_cameras, cfg.max_instruction_tokens
-    cache_shape = (cfg.n_layers, 1, cfg.n_kv_heads, cfg.prefix_len, cfg.head_dim)
+    kept = v_tokens if keep_tokens is None else keep_tokens
+    length = kept + t + 2
+    cache_shape = (cfg.n_layers, 1, cfg.n_kv_heads, length, cfg.head_dim)
     images = TensorSpec("images", (1, c, s, s, 3), "uint8")
     state = TensorSpec("state", (1, cfg.state_dim), "float32")
     prefix_k = TensorSpec("prefix_k", cache_shape, kv)
     prefix_v = TensorSpec("prefix_v", cache_shape, kv)
-    prefix_mask = TensorSpec("prefix_mask", (1, cfg.prefix_len), "bool")
+    prefix_mask = TensorSpec("prefix_mask", (1, length), "bool")
     value_summary = TensorSpec("value_summary", (1, cfg.d_model), "float32")
     noisy_actions = TensorSpec("noisy_actions", (n, h, a), "float32")
     time = TensorSpec("time", (n,), "float32")
     velocity = TensorSpec("velocity", (n, h, a), "float32")
     # What the expert's blocks added to the action tokens: reused between refreshes.
     residual = TensorSpec("residual", (n, h, cfg.expert_width), "float32")
-    return {
-        "prefix": GraphSpec(
-            "prefix",
-            inputs=(
-                images,
-                TensorSpec("instruction_ids", (1, t), "int64"),
-                TensorSpec("instruction_mask", (1, t), "bool"),
-                state,
-            ),
-            outputs=(
-                prefix_k,
-                prefix_v,
-                prefix_mask,
-                value_summary,
-                TensorSpec("token_scores", (1, cfg.num_visual_tokens), "float32"),
-            ),
-        ),
+    prefix_inputs = (
+        images,
+        TensorSpec("instruction_ids", (1, t), "int64"),
+        TensorSpec("instruction_mask", (1, t), "bool"),
+        state,
+        # Activation steering: FFN neuron scales and a residual-stream bias per prefix layer.
+        TensorSpec("keep_mask", (cfg.n_layers, cfg.ffn_dim), "float32"),
+        TensorSpec("steer_bias", (cfg.n_layers, cfg.d_model), "float32"),
+    )
+    prefix_outputs = (
+        prefix_k,
+        prefix_v,
+        prefix_mask,
+        value_summary,
+        TensorSpec("token_scores", (1, v_tokens), "float32"),
+        TensorSpec("kept_tokens", (1, kept), "int64"),
+    )
+    specs = {
+        "prefix": GraphSpec("prefix", inputs=prefix_inputs, outputs=prefix_outputs),
         "expert_step": GraphSpec(
             "expert_step",
             inputs=(prefix_k, prefix_v, prefix_mask, noisy_actions, time),
@@ -191,3 +214,15 @@ def graph_specs(cfg: ModelConfig, candidates: int, precision: str) -> dict[str, 
             outputs=(TensorSpec("velocity", (1, cfg.s1_horizon, a), "float32"),),
         ),
     }
+    if recompute_tokens is not None:
+        specs["prefix_reuse"] = GraphSpec(
+            "prefix_reuse",
+            inputs=(
+                *prefix_inputs,
+                TensorSpec("cache_k", cache_shape, kv),
+                TensorSpec("cache_v", cache_shape, kv),
+                TensorSpec("recompute_tokens", (1, recompute_tokens), "int64"),
+            ),
+            outputs=prefix_outputs,
+        )
+    return specs

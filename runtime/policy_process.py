@@ -123,7 +123,9 @@ class PolicyRuntime:
             frames = self.frames
         if frames is None:
             return None
-        obs = Observation(frames.images, self.robot_state(), self.pc.instruction)
+        obs = Observation(
+            frames.images, self.robot_state(), self.pc.instruction, t_s=frames.t_capture
+        )
         return obs, frames
 
     # ------------------------------------------------------------------ publishing
@@ -317,7 +319,7 @@ def policy_main(config: RuntimeConfig, layout: Layout) -> None:
     blocks = layout.attach(["trajectory", "robot", "policy", "command", "world"])
     policy = DualSystemPolicy.from_dir(
         config.policy.bundle, BackendConfig(intra_op_threads=config.policy.intra_op_threads)
-    )
+    ).with_steering(config.policy.steer)
     cameras = make_sim_cameras(config, blocks["world"], policy.bundle.model.image_size)
     runtime = PolicyRuntime(config, policy, cameras, blocks)
     try:

@@ -27,6 +27,9 @@ class PrefixInputs:
     instruction_ids: np.ndarray  # int64 [1, T]
     instruction_mask: np.ndarray  # bool [1, T]
     state: np.ndarray  # float32 [1, state_dim], normalized
+    # Activation steering (runtime.steering): ones and zeros leave the model unchanged.
+    keep_mask: np.ndarray  # float32 [layers, ffn_dim]
+    steer_bias: np.ndarray  # float32 [layers, d_model]
 
     def feeds(self) -> dict[str, np.ndarray]:
         return {
@@ -34,6 +37,8 @@ class PrefixInputs:
             "instruction_ids": self.instruction_ids,
             "instruction_mask": self.instruction_mask,
             "state": self.state,
+            "keep_mask": self.keep_mask,
+            "steer_bias": self.steer_bias,
         }
 
 
@@ -45,7 +50,16 @@ class Prefix:
     v: np.ndarray
     mask: np.ndarray
     value_summary: np.ndarray
-    token_scores: np.ndarray
+    token_scores: np.ndarray  # float32 [visual tokens]
+    kept_tokens: np.ndarray  # int64 [K]: the visual tokens in the cache (all, unless pruned)
+
+
+@dataclass(frozen=True)
+class ReuseRequest:
+    """Visual-token reuse: the previous frame's prefix and the visual tokens to recompute."""
+
+    cache: Prefix
+    recompute_tokens: np.ndarray  # int64 [R], distinct and ascending
 
 
 @dataclass(frozen=True)
@@ -58,6 +72,10 @@ class PlanResult:
     chosen: int
     token_scores: np.ndarray  # float32 [visual tokens]
     timings_s: dict[str, float]
+    prefix: Prefix | None = None  # the cache this plan attended to (kept for token reuse)
+    # What this plan did not compute: "tokens" (visual-token reuse), "action" (the previous
+    # plan, re-anchored; FlashVLA's action reuse). Empty for a full plan.
+    reused: str = ""
 
     @property
     def chunk(self) -> np.ndarray:
@@ -95,14 +113,27 @@ def sample_noise(
     return (rng.standard_normal(shape) * temperature).astype(np.float32)
 
 
-def encode_prefix(backend: InferenceBackend, inputs: PrefixInputs) -> Prefix:
-    out = backend.run("prefix", inputs.feeds())
+def encode_prefix(
+    backend: InferenceBackend, inputs: PrefixInputs, reuse: ReuseRequest | None = None
+) -> Prefix:
+    """The prefix pass; with `reuse`, the `prefix_reuse` graph updates the given cache."""
+    if reuse is None:
+        out = backend.run("prefix", inputs.feeds())
+    else:
+        feeds = {
+            **inputs.feeds(),
+            "cache_k": reuse.cache.k,
+            "cache_v": reuse.cache.v,
+            "recompute_tokens": reuse.recompute_tokens[None].astype(np.int64),
+        }
+        out = backend.run("prefix_reuse", feeds)
     return Prefix(
         k=out["prefix_k"],
         v=out["prefix_v"],
         mask=out["prefix_mask"],
         value_summary=out["value_summary"],
         token_scores=out["token_scores"][0],
+        kept_tokens=out["kept_tokens"][0],
     )
 
 
@@ -154,10 +185,11 @@ def plan(
     start_times: np.ndarray,
     steps: int,
     cache_every: int = 1,
+    reuse: ReuseRequest | None = None,
 ) -> PlanResult:
     """One System 2 plan: prefix once, N candidates batched over it, value-selected."""
     t0 = time.perf_counter()
-    prefix = encode_prefix(backend, inputs)
+    prefix = encode_prefix(backend, inputs, reuse)
     t1 = time.perf_counter()
     candidates = denoise_candidates(backend, prefix, noise, start_times, steps, cache_every)
     t2 = time.perf_counter()
@@ -177,4 +209,6 @@ def plan(
             "value_s": t3 - t2,
             "total_s": t3 - t0,
         },
+        prefix=prefix,
+        reused="" if reuse is None else "tokens",
     )

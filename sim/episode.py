@@ -87,6 +87,7 @@ class EpisodeResult:
     plans: int = 0
     reactions: int = 0
     wall_s: float = 0.0
+    plan_wall_s: float = 0.0  # host time spent in agent.plan, all plans together
     events: list[PlanEvent] = field(default_factory=list)
     frames: list[np.ndarray] = field(default_factory=list)  # scene frames, when recorded
 
@@ -105,6 +106,7 @@ class EpisodeResult:
             "plans": self.plans,
             "reactions": self.reactions,
             "wall_s": round(self.wall_s, 3),
+            "plan_ms_mean": round(1e3 * self.plan_wall_s / max(1, self.plans), 3),
         }
 
 
@@ -220,9 +222,12 @@ def run_episode(
             robot.read_state(state)
             if images is not None and t + tick_eps >= next_s2:
                 next_s2 += s2_period
-                obs = Observation(images, np.append(state.q, state.gripper), episode.instruction)
+                obs = Observation(
+                    images, np.append(state.q, state.gripper), episode.instruction, t_s=t_frame
+                )
                 begin = time.perf_counter()
                 plan = agent.plan(obs, t)
+                result.plan_wall_s += time.perf_counter() - begin
                 latency = _latency(s.system2_latency_s, begin)
                 event = PlanEvent(t_frame, obs, plan.chunk)
                 chunk = plan.chunk

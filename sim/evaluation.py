@@ -81,6 +81,8 @@ class _RunSpec:
     record_every: int
     sampling: tuple[tuple[str, float], ...] = ()
     keep_events: bool = False
+    reuse: tuple[tuple[str, float], ...] = ()
+    steer: tuple[tuple[str, float], ...] = ()
 
 
 class _Runner:
@@ -92,7 +94,9 @@ class _Runner:
 
         # One inference thread: the worker processes are the parallelism.
         policy = DualSystemPolicy.from_dir(spec.bundle, BackendConfig(intra_op_threads=1))
-        self.policy = policy.with_sampling(**dict(spec.sampling)) if spec.sampling else policy
+        policy = policy.with_sampling(**dict(spec.sampling)) if spec.sampling else policy
+        policy = policy.with_reuse(**dict(spec.reuse)) if spec.reuse else policy
+        self.policy = policy.with_steering(dict(spec.steer)) if spec.steer else policy
         self.spec = spec
 
     def __call__(self, seed: int) -> EpisodeResult:
@@ -133,9 +137,12 @@ def run_policy_episodes(
     sampling: dict[str, float] | None = None,
     on_episode: Callable[[EpisodeResult], None] | None = None,
     keep_events: bool = False,
+    reuse: dict[str, float] | None = None,
+    steer: dict[str, float] | None = None,
 ) -> list[EpisodeResult]:
-    """Run the bundle on `seeds` (in order), in `workers` processes; `sampling` overrides the
-    bundle's sampling defaults (checked like the bundle's own); `keep_events` keeps every plan's
+    """Run the bundle on `seeds` (in order), in `workers` processes; `sampling` and `reuse`
+    override the bundle's defaults (checked like the bundle's own), `steer` steers the prefix
+    (direction name → alpha); `keep_events` keeps every plan's
     observation and chunk (always kept with choice "random", whose rollouts train the critics).
 
     A worker that dies (a crash, the OOM killer) raises `EpisodeWorkerDied` instead of leaving
@@ -155,6 +162,8 @@ def run_policy_episodes(
         record_every,
         tuple(sorted((sampling or {}).items())),
         keep_events,
+        tuple(sorted((reuse or {}).items())),
+        tuple(sorted((steer or {}).items())),
     )
     results: list[EpisodeResult] = []
     if workers > 1:

@@ -28,6 +28,7 @@ class PolicyAgent:
     def begin(self, episode: Episode, robot: object) -> None:
         # Sampling noise is a function of the episode: an evaluation is reproducible.
         self.rng = np.random.default_rng([episode.seed, 0x5A3D])
+        self.policy.reset()  # no token or plan reuse across episodes
 
     def plan(self, obs: Observation, t_s: float) -> Plan:
         plan = self.policy.plan(obs, self.rng)

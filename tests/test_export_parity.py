@@ -47,6 +47,7 @@ def test_manifest_records_passing_fp32_parity(tiny_bundle: Path) -> None:
         "prefix_mask",
         "value_summary",
         "token_scores",
+        "kept_tokens",
     }
     for group in (*parity.graphs.values(), parity.plan, parity.react):
         for result in group.values():

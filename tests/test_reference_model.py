@@ -72,7 +72,7 @@ def test_batched_candidates_over_shared_prefix_equal_one_by_one() -> None:
     cfg = get_config("tiny")
     model = build_model(cfg, 1)
     with torch.no_grad():
-        k, v, mask, _, _ = model.encode_prefix(*_prefix_inputs(cfg))
+        k, v, mask, *_ = model.encode_prefix(*_prefix_inputs(cfg))
         noisy = torch.randn(4, cfg.chunk_len, cfg.action_dim)
         t = torch.tensor([1.0, 0.9, 0.5, 0.1])
         batched = model.expert_velocity(k, v, mask, noisy, t)

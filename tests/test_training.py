@@ -241,7 +241,7 @@ def test_batched_cache_expert_equals_one_call_per_sample() -> None:
     noisy = torch.randn(b, TINY.chunk_len, TINY.action_dim, generator=g)
     t = torch.tensor([0.9, 0.4, 0.05])
     with torch.no_grad():
-        k, v, prefix_mask, _, _ = model.encode_prefix(images, ids, mask, state)
+        k, v, prefix_mask, *_ = model.encode_prefix(images, ids, mask, state)
         batched = model.expert_velocity(k, v, prefix_mask, noisy, t)
         one = [slice(i, i + 1) for i in range(b)]
         single = [

@@ -1,0 +1,71 @@
+"""Activation steering: what the prefix graphs' `keep_mask` and `steer_bias` inputs carry.
+
+Every prefix graph takes, per decoder layer, a scale for each FFN neuron (`keep_mask`, 1 keeps
+the neuron) and a bias added to the residual stream entering the layer (`steer_bias`). The
+neutral values (ones, zeros) leave the model exactly as exported. A bundle may carry named
+directions (`optimizations.steering`); `--steer NAME=ALPHA` adds alpha times a direction.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgevla.runtime.errors import InvalidSetting
+from edgevla.runtime.manifest import SteeringDirection
+from edgevla.runtime.model_config import ModelConfig
+
+
+@dataclass(frozen=True)
+class SteeringInputs:
+    keep_mask: np.ndarray  # float32 [layers, ffn_dim]
+    steer_bias: np.ndarray  # float32 [layers, d_model]
+
+
+def neutral(cfg: ModelConfig) -> SteeringInputs:
+    return SteeringInputs(
+        keep_mask=np.ones((cfg.n_layers, cfg.ffn_dim), dtype=np.float32),
+        steer_bias=np.zeros((cfg.n_layers, cfg.d_model), dtype=np.float32),
+    )
+
+
+def parse_steer(items: Sequence[str]) -> dict[str, float]:
+    """`["speed=0.5", …]` → {"speed": 0.5}; a malformed item is refused naming it."""
+    alphas: dict[str, float] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            alpha = float(value)
+        except ValueError:
+            alpha = math.nan
+        if not sep or not name or not math.isfinite(alpha):
+            raise InvalidSetting("steer", f"{item!r} must be NAME=ALPHA with a finite ALPHA")
+        if name in alphas:
+            raise InvalidSetting("steer", f"{name!r} is given twice")
+        alphas[name] = alpha
+    return alphas
+
+
+def steering_inputs(
+    cfg: ModelConfig, directions: Sequence[SteeringDirection], alphas: Mapping[str, float]
+) -> SteeringInputs:
+    """The graph inputs for `alphas` over the bundle's `directions` (unknown names refused)."""
+    by_name = {d.name: d for d in directions}
+    unknown = sorted(set(alphas) - set(by_name))
+    if unknown:
+        have = sorted(by_name) or "none"
+        raise InvalidSetting("steer", f"unknown direction(s) {unknown}; this bundle has {have}")
+    inputs = neutral(cfg)
+    for name, alpha in alphas.items():
+        vectors = np.asarray(by_name[name].vectors, dtype=np.float32)
+        if vectors.shape != inputs.steer_bias.shape:
+            raise InvalidSetting(
+                f"steer.{name}",
+                f"direction is {list(vectors.shape)}, the model needs "
+                f"{list(inputs.steer_bias.shape)}",
+            )
+        inputs.steer_bias[...] += np.float32(alpha) * vectors
+    return inputs
