@@ -27,7 +27,6 @@ from edgevla.export.reference_policy import torch_plan
 from edgevla.runtime import system2
 from edgevla.runtime.errors import InvalidSetting
 from edgevla.runtime.manifest import LayerPruning, Sampling
-from edgevla.runtime.steering import neutral
 
 DEFAULT_MIN_COSINE = 0.98
 
@@ -131,6 +130,8 @@ def choose_pruning(
         raise InvalidSetting("prune_min_cosine", f"{min_cosine!r} must be in (0, 1]")
     if request != "auto" and (not isinstance(request, int) or not 0 <= request < n_layers):
         raise InvalidSetting("prune_layers", f"{request!r}: 'auto' or a count in 0..{n_layers - 1}")
+    # Unsteered: a steering bias is per layer index, which pruning renumbers.
+    observations = [dataclasses.replace(o, keep_mask=None, steer_bias=None) for o in observations]
     on_progress("ranking layers by redundancy")
     redundancy = layer_redundancy(policy.model, observations)
     order = sorted(range(n_layers), key=lambda i: -redundancy[i])  # most redundant first
@@ -182,7 +183,6 @@ def calibration_inputs(
         )
     tokenizer = InstructionTokenizer(policy.tokenizer, cfg.max_instruction_tokens)
     normalizer = Normalizer.from_manifest(policy.normalization)
-    steering = neutral(cfg)
     size = min(count, len(demos))
     rows = np.random.default_rng(seed).choice(len(demos), size=size, replace=False)
     inputs = []
@@ -194,8 +194,6 @@ def calibration_inputs(
                 instruction_ids=ids,
                 instruction_mask=mask,
                 state=normalizer.normalize_state(demos.state[i])[None],
-                keep_mask=steering.keep_mask,
-                steer_bias=steering.steer_bias,
             )
         )
     return inputs

@@ -27,19 +27,22 @@ class PrefixInputs:
     instruction_ids: np.ndarray  # int64 [1, T]
     instruction_mask: np.ndarray  # bool [1, T]
     state: np.ndarray  # float32 [1, state_dim], normalized
-    # Activation steering (runtime.steering): ones and zeros leave the model unchanged.
-    keep_mask: np.ndarray  # float32 [layers, ffn_dim]
-    steer_bias: np.ndarray  # float32 [layers, d_model]
+    # Activation steering (runtime.steering): ones and zeros leave the model unchanged. The
+    # graphs need both; None (PyTorch only: calibration, pruning) means no steering at all.
+    keep_mask: np.ndarray | None = None  # float32 [layers, ffn_dim]
+    steer_bias: np.ndarray | None = None  # float32 [layers, d_model]
 
     def feeds(self) -> dict[str, np.ndarray]:
-        return {
+        feeds = {
             "images": self.images,
             "instruction_ids": self.instruction_ids,
             "instruction_mask": self.instruction_mask,
             "state": self.state,
-            "keep_mask": self.keep_mask,
-            "steer_bias": self.steer_bias,
         }
+        if self.keep_mask is not None and self.steer_bias is not None:
+            feeds["keep_mask"] = self.keep_mask
+            feeds["steer_bias"] = self.steer_bias
+        return feeds
 
 
 @dataclass(frozen=True)
