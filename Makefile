@@ -30,7 +30,7 @@ $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH_PIN)
-	$(PIP) install -q -e '.[export,sim,dev]'
+	$(PIP) install -q -e '.[export,sim,ur,dev]'
 	@touch $(STAMP)
 
 # The bundle follows the checkpoint: a newer checkpoint (or a tampered bundle) is re-exported.
@@ -64,10 +64,15 @@ policy: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-bench: $(STAMP)
+bench: $(STAMP) $(OUT)/demos-calib/dataset.json
 	$(PY) benchmarks/bench_plan.py
 	$(PY) benchmarks/bench_runtime.py
 	$(PY) benchmarks/bench_success.py
+	$(PY) benchmarks/bench_optimizations.py --calibration $(OUT)/demos-calib
+
+# Calibration frames for layer pruning and the steering direction (24 expert episodes, ~1 min).
+$(OUT)/demos-calib/dataset.json: $(STAMP)
+	$(EDGEVLA) demos generate --out $(OUT)/demos-calib --episodes 24
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

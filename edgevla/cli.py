@@ -201,6 +201,8 @@ def cmd_bundle_info(args: argparse.Namespace) -> int:
         f"action: {m.action_space.kind}, chunk {cfg.chunk_len} × {m.action_space.action_names} "
         f"every {m.action_space.step_period_s} s"
     )
+    for line in _optimization_lines(m):
+        out.print(line)
     table = Table(title="graphs")
     for column in ("graph", "inputs", "outputs", "MB"):
         table.add_column(column)
@@ -227,6 +229,34 @@ def cmd_bundle_info(args: argparse.Namespace) -> int:
     out.print(parity)
     out.print("versions: " + ", ".join(f"{k} {v}" for k, v in m.library_versions.items()))
     return 0
+
+
+def _optimization_lines(m) -> list[str]:
+    """What the bundle was pruned and cached with, and its reuse defaults, in words."""
+    o, r, s = m.optimizations, m.reuse, m.sampling
+    lines = []
+    if o.layer_pruning is not None:
+        lp = o.layer_pruning
+        lines.append(
+            f"layer pruning: removed {lp.removed or 'none'} of {lp.source_layers} prefix layers "
+            f"(plan cosine {lp.plan_cosine:.4f}, gate {lp.min_cosine})"
+        )
+    if o.token_pruning is not None:
+        tp = o.token_pruning
+        lines.append(f"token pruning: {tp.keep_tokens} of {tp.visual_tokens} visual tokens kept")
+    if o.token_reuse is not None:
+        lines.append(
+            f"token reuse: {o.token_reuse.recompute_tokens} of {o.token_reuse.visual_tokens} "
+            f"visual tokens recomputed, a full prefix every {r.token_refresh_every} plans"
+        )
+    if s.expert_cache_every > 1:
+        k = s.expert_cache_every
+        lines.append(f"action-expert caching: blocks run on Euler steps 0, {k}, {2 * k}, …")
+    if r.action_reuse_max:
+        lines.append(f"action reuse: up to {r.action_reuse_max} plans skipped in a row")
+    for d in o.steering:
+        lines.append(f"steering direction '{d.name}' ({d.calibration_rows} calibration rows)")
+    return lines or ["no pruning, caching or reuse"]
 
 
 def cmd_bundle_warmup(args: argparse.Namespace) -> int:
@@ -313,6 +343,84 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     faults = [t for t in report["trips"] if t["cause"] != "operator-stop"]
     return 3 if faults else 0
+
+
+_EMULATOR_COMMANDS = {
+    "pstop": ("protective_stop", "protective stop"),
+    "estop": ("emergency_stop", "e-stop pressed (release, then `power on` and `brake release`)"),
+    "release": ("clear_faults", "faults cleared (e-stop released, powered, unlocked)"),
+    "drop": ("drop_connections", "client connections dropped"),
+    "stall": ("stall_data", "data stream stalled"),
+    "resume": ("clear_faults", "stream resumed, faults cleared"),
+}
+
+
+def _emulator_command(emulator, line: str) -> str:
+    """One fault-injection line typed at `edgevla ur-emulator` → what it did."""
+    words = line.split()
+    if not words:
+        return ""
+    if words[0] == "delay" and len(words) == 2:
+        emulator.delay_packets(float(words[1]))
+        return f"data packages delayed by {float(words[1]):g} s"
+    if words[0] in _EMULATOR_COMMANDS and len(words) == 1:
+        method, done = _EMULATOR_COMMANDS[words[0]]
+        getattr(emulator, method)()
+        return done
+    return f"unknown command {line!r}; try: {', '.join(_EMULATOR_COMMANDS)}, delay S"
+
+
+def cmd_ur_emulator(args: argparse.Namespace) -> int:
+    import threading
+    import time
+
+    from edgevla.robots.ur.emulator import EmulatorConfig, URControllerEmulator
+
+    config = EmulatorConfig(
+        host=args.host, scene_seed=args.scene_seed, unlock_delay_s=args.unlock_delay
+    )
+    emulator = URControllerEmulator(config)
+    try:
+        emulator.start()
+    except OSError as exc:
+        err.print(
+            f"[red]error:[/red] cannot listen on {args.host} ports {config.rtde_port}, "
+            f"{config.dashboard_port}, {config.script_port} ({exc}); is another controller or "
+            "emulator running here?"
+        )
+        return 1
+    out.print(
+        f"UR controller emulator (PolyScope {'.'.join(map(str, config.version))}) on "
+        f"{args.host}: RTDE {config.rtde_port}, dashboard {config.dashboard_port}, script "
+        f"{config.script_port}. Faults: type {', '.join(_EMULATOR_COMMANDS)} or delay S and "
+        "Enter. Ctrl-C stops it."
+    )
+
+    def commands() -> None:
+        for line in sys.stdin:
+            try:
+                reply = _emulator_command(emulator, line.strip())
+            except (ValueError, EdgeVlaError) as exc:
+                reply = f"refused: {exc}"
+            if reply:
+                out.print(reply)
+
+    threading.Thread(target=commands, daemon=True, name="commands").start()
+    start = time.monotonic()
+    last = None
+    try:
+        while args.duration is None or time.monotonic() - start < args.duration:
+            now = (emulator.runtime_state(), emulator.safety_mode())
+            if now != last:
+                running = "running" if now[0] == 2 else "stopped"
+                out.print(f"program {running}, safety mode {now[1]}")
+                last = now
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        emulator.stop()
+    return 0
 
 
 def _print_report(report: dict) -> None:
@@ -500,6 +608,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--print-config", action="store_true", help="print the effective config")
     p.add_argument("--quiet", action="store_true", help="no live view")
+
+    p = add(
+        "ur-emulator",
+        cmd_ur_emulator,
+        "a loopback UR e-Series controller (RTDE, dashboard, script port) over the simulated "
+        'UR5e, for dry runs of `edgevla run` with robot.kind = "ur"',
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback)")
+    p.add_argument("--scene-seed", type=int, default=0, metavar="S")
+    p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    p.add_argument(
+        "--unlock-delay", type=float, default=5.0, metavar="S", help="protective-stop unlock delay"
+    )
 
     from edgevla.cli_learning import register
 

@@ -300,9 +300,9 @@ def validate(config: RuntimeConfig, source: str = "config") -> RuntimeConfig:
     )
     _check(pol.crossfade_s >= 0, "policy.crossfade_s", "must be >= 0", source)
     _check(
-        config.robot.kind in ("sim",),
+        config.robot.kind in ("sim", "ur"),
         "robot.kind",
-        f"{config.robot.kind!r}: only 'sim' exists so far (ur comes with its driver)",
+        f"{config.robot.kind!r}: 'sim' (the simulated UR5e) or 'ur' (ur_rtde at robot.host)",
         source,
     )
     _check(config.cameras.kind in ("sim",), "cameras.kind", "only 'sim' exists so far", source)

@@ -469,7 +469,12 @@ def control_main(config: RuntimeConfig, layout: Layout) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s control %(levelname)s %(message)s")
     blocks = layout.attach(["trajectory", "robot", "policy", "control", "command", "world"])
-    hardware = make_sim_hardware(config)
+    if config.robot.kind == "ur":
+        from edgevla.robots.ur.hardware import make_ur_hardware
+
+        hardware = make_ur_hardware(config)
+    else:
+        hardware = make_sim_hardware(config)
     if config.robot.control_cpus:
         os.sched_setaffinity(0, config.robot.control_cpus)
     qos = hold_low_wakeup_latency()
@@ -479,10 +484,13 @@ def control_main(config: RuntimeConfig, layout: Layout) -> None:
         rt, why = False, "SCHED_FIFO not requested (robot.realtime_priority = 0)"
     blocks["control"].rt[0] = int(rt)
     (log.info if rt else log.warning)("%s", why)
+    # Connected after SCHED_FIFO, so that a driver's I/O threads (ur_rtde's receive thread)
+    # inherit it: at normal priority they starve behind this loop, whose commands wait on them.
+    # Before the loop is built: a real controller decides the control period.
+    hardware.robot.connect()
     loop = ControlLoop(
         config, hardware.robot, hardware.mcu, blocks, hardware.world, hardware.inject
     )
-    hardware.robot.connect()
     gc.collect()
     gc.freeze()
     gc.disable()  # a collection in the loop costs milliseconds; the loop makes no cycles

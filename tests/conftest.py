@@ -16,6 +16,16 @@ from edgevla.export.configs import get_config
 TINY_SEED = 7
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("hil", "hardware-in-the-loop tests (tests/hil, docs/hil.md)")
+    group.addoption(
+        "--ur-host",
+        default=None,
+        metavar="IP",
+        help="a real UR controller or URSim to run tests/hil against (or UR_HOST)",
+    )
+
+
 @pytest.fixture(scope="session")
 def tiny_policy() -> ReferencePolicy:
     return init_policy(get_config("tiny"), TINY_SEED)

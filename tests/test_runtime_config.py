@@ -324,7 +324,7 @@ REJECTIONS: list[Any] = [
         id="unknown-model",
     ),
     pytest.param(
-        {"robot": {"kind": "ur"}}, "robot.kind", ["only 'sim' exists so far"], id="robot-kind-ur"
+        {"robot": {"kind": "kuka"}}, "robot.kind", ["'sim'", "'ur'"], id="robot-kind-unknown"
     ),
     pytest.param(
         {"cameras": {"kind": "realsense"}},
