@@ -91,15 +91,18 @@ def main() -> int:
     state = RobotState()
     robot.read_state(state)
     q = state.q.copy()
-    robot.set_watchdog(50.0)
     console.print(f"baseline: the scheduled loop alone, {args.seconds:g} s")
     baseline = scheduled_loop(args.seconds, lambda: None)
+    robot.set_watchdog(50.0)  # armed as the control process arms it, right before streaming
     console.print(f"servoJ through ur_rtde at 500 Hz, {args.seconds:g} s")
     sent = scheduled_loop(args.seconds, lambda: robot.servo(q, 1.0))
     robot.close()
     parent.send("done")
     arrivals = np.asarray(parent.recv())
     process.join(timeout=5)
+    console.print(
+        f"{len(arrivals)} servoJ packages arrived at the emulator, {len(sent)} sent"
+    )
     # Arrivals during the measured stream only (setWatchdog's and close's packages are not servoJ).
     arrivals = arrivals[(arrivals >= sent[0]) & (arrivals <= sent[-1] + 0.05)]
     results = {

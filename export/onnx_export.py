@@ -26,6 +26,9 @@ from edgevla.runtime.model_config import GraphSpec, ModelConfig, TensorSpec, cac
 log = logging.getLogger(__name__)
 # The exporter logs a warning per torchvision op it cannot register; we use none of them.
 logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+# The prefix graph's `kept_tokens` is a constant output when nothing is pruned; the optimizer
+# warns that it cannot deduplicate a graph output. Nothing is wrong.
+logging.getLogger("onnx_ir.passes.common.initializer_deduplication").setLevel(logging.ERROR)
 
 _ONNX_DTYPES = {
     onnx.TensorProto.FLOAT: "float32",
