@@ -100,9 +100,7 @@ def main() -> int:
     parent.send("done")
     arrivals = np.asarray(parent.recv())
     process.join(timeout=5)
-    console.print(
-        f"{len(arrivals)} servoJ packages arrived at the emulator, {len(sent)} sent"
-    )
+    console.print(f"{len(arrivals)} servoJ packages arrived at the emulator, {len(sent)} sent")
     # Arrivals during the measured stream only (setWatchdog's and close's packages are not servoJ).
     arrivals = arrivals[(arrivals >= sent[0]) & (arrivals <= sent[-1] + 0.05)]
     results = {
