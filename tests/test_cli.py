@@ -336,3 +336,20 @@ def test_model_info_pi0_scale(capsys: pytest.CaptureFixture[str]) -> None:
         assert f"│ {component} " in out
     assert "GFLOPs (N=5, K=10)" in out
     assert "prefix: 818 tokens (768 visual)" in out
+
+
+def test_the_emulator_cli_takes_fault_commands(tmp_path) -> None:
+    """`edgevla ur-emulator`: starts, takes a typed fault, names an unknown one, stops."""
+    pytest.importorskip("rtde_control", reason="ur_rtde is not installed")
+
+    done = subprocess.run(
+        [sys.executable, "-m", "edgevla.cli", "ur-emulator", "--duration", "2"],
+        input="pstop\nbogus\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "RTDE 30004, dashboard 29999, script 30003" in done.stdout
+    assert "protective stop" in done.stdout and "safety mode 3" in done.stdout
+    assert "unknown command 'bogus'" in done.stdout
