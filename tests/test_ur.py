@@ -184,7 +184,7 @@ arm.read_state(state)
 print("connected", flush=True)
 sys.stdin.readline()  # the parent drops the connection
 try:
-    for _ in range(300):
+    for _ in range(500):  # a drop is seen at once, a stall after ur_rtde's 2.5 s deadline
         arm.read_state(state)
         time.sleep(0.01)
     print("not noticed", flush=True)
@@ -206,10 +206,12 @@ os._exit(0)  # no destructors: ur_rtde's reconnecting thread is still running
 """
 
 
-def test_a_dropped_connection_is_reported_and_latched(emulator: EmulatorProcess) -> None:
-    """In a child process: after a drop, ur_rtde 1.6.5's control interface reconnects from its
+@pytest.mark.parametrize("fault", ["drop_connections", "stall_data"])
+def test_a_lost_connection_is_reported_and_latched(emulator: EmulatorProcess, fault: str) -> None:
+    """In a child process: after a loss, ur_rtde 1.6.5's control interface reconnects from its
     own thread in a loop that can crash its process (driver.URRobot.reconnect says why). What
-    must hold is what the driver reports before that: the loss, latched."""
+    must hold is what the driver reports before that: the loss, latched. A dropped connection
+    and a data stream that stalls (connections open, no packages) end the same way."""
     import subprocess
     import sys
 
@@ -222,8 +224,11 @@ def test_a_dropped_connection_is_reported_and_latched(emulator: EmulatorProcess)
     )
     assert child.stdout is not None and child.stdin is not None
     assert child.stdout.readline().strip() == "connected"
-    emulator.call("drop_connections")
-    out, _ = child.communicate("\n", timeout=30)
+    emulator.call(fault)
+    try:
+        out, _ = child.communicate("\n", timeout=30)
+    finally:
+        emulator.call("clear_faults")
     ours = ("lost:", "not noticed", "servo ", "reconnect refused:", "closed")
     # ur_rtde prints its own reconnect chatter to the same stdout.
     lines = [line for line in out.splitlines() if line.startswith(ours)]
@@ -231,3 +236,32 @@ def test_a_dropped_connection_is_reported_and_latched(emulator: EmulatorProcess)
     assert lines[1] == "servo refused", lines  # latched: ur_rtde may already be back by itself
     assert lines[2].startswith("reconnect refused:") and "restart edgevla" in lines[2], lines
     assert lines[3] == "closed", lines
+
+
+def test_an_emergency_stop_is_reported_and_needs_power_on_and_brake_release(
+    robot: URRobot, emulator: EmulatorProcess
+) -> None:
+    import dashboard_client
+
+    emulator.call("emergency_stop", True)
+    state = RobotState()
+    wait_for(
+        lambda: (robot.read_state(state), state.safety_mode == SafetyMode.ROBOT_EMERGENCY_STOP)[1],
+        what="the e-stop in the RTDE stream",
+    )
+    assert not state.program_running
+    emulator.call("emergency_stop", False)
+    wait_for(lambda: (robot.read_state(state), state.safety_mode != 7)[1], what="the release")
+    dashboard = dashboard_client.DashboardClient("127.0.0.1")
+    dashboard.connect()
+    try:
+        assert "POWER_OFF" in dashboard.robotmode()  # released is not running again
+        dashboard.powerOn()
+        dashboard.brakeRelease()
+        assert "RUNNING" in dashboard.robotmode()
+    finally:
+        dashboard.disconnect()
+    time.sleep(UNLOCK_DELAY_S)
+    robot.recover()
+    robot.read_state(state)
+    assert state.safety_mode == SafetyMode.NORMAL and state.program_running
