@@ -265,3 +265,16 @@ def test_an_emergency_stop_is_reported_and_needs_power_on_and_brake_release(
     robot.recover()
     robot.read_state(state)
     assert state.safety_mode == SafetyMode.NORMAL and state.program_running
+
+
+def test_speed_scaling_is_read_and_reported(
+    robot: URRobot, emulator: EmulatorProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    state = RobotState()
+    emulator.call("set_speed_scaling", 0.4)
+    with caplog.at_level("WARNING", logger="edgevla.robots.ur.driver"):
+        wait_for(lambda: (robot.read_state(state), robot.speed_scaling < 0.5)[1], what="scaling")
+    assert robot.speed_scaling == pytest.approx(0.4)
+    assert "speed scaling at 40 %" in caplog.text
+    emulator.call("set_speed_scaling", 1.0)
+    wait_for(lambda: (robot.read_state(state), robot.speed_scaling > 0.99)[1], what="100 %")

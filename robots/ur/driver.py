@@ -114,6 +114,7 @@ class URRobot:
         self._protective_stop_t: float | None = None
         self._refused_logged = False
         self._lost = False  # the connection dropped: see reconnect
+        self.speed_scaling = 1.0  # the controller's speed scaling, as last read
 
     # ------------------------------------------------------------------ connection
 
@@ -224,12 +225,27 @@ class URRobot:
         out.gripper = self._gripper
         mode = int(receive.getSafetyMode())
         out.safety_mode = mode
+        self._note_speed_scaling(float(receive.getSpeedScaling()))
         out.program_running = bool(receive.getRuntimeState() == RUNTIME_PLAYING)
         if mode == SafetyMode.PROTECTIVE_STOP and self._protective_stop_t is None:
             self._protective_stop_t = out.t_s
             log.error("UR protective stop (safety mode %d)", mode)
         elif mode == SafetyMode.NORMAL:
             self._protective_stop_t = None
+
+    def _note_speed_scaling(self, scaling: float) -> None:
+        """The pendant's speed slider scales every servoJ motion: below 100 % the arm lags the
+        setpoints the control process streams (their timing no longer holds). Said once per
+        change, so the operator can see why tracking degrades."""
+        if abs(scaling - self.speed_scaling) > 0.01:
+            if scaling < 0.99:
+                log.warning(
+                    "UR speed scaling at %.0f %%: the arm lags the commanded trajectory",
+                    100 * scaling,
+                )
+            else:
+                log.info("UR speed scaling back at %.0f %%", 100 * scaling)
+        self.speed_scaling = scaling
 
     def servo(self, q: np.ndarray, gripper: float) -> None:
         control, receive = self._require()

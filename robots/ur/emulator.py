@@ -164,6 +164,7 @@ class URControllerEmulator:
         self._last_cmd = -1
         self._stall = False
         self._delay_s = 0.0
+        self._speed_scaling = 1.0  # the pendant's speed slider
         self._t0 = time.monotonic()
         self._state = RobotState()
         self.commands_seen: dict[int, int] = {}  # command id → packages carrying it
@@ -270,6 +271,10 @@ class URControllerEmulator:
             self._stall, self._delay_s = False, 0.0
             self.robot.unlock_protective_stop()
 
+    def set_speed_scaling(self, fraction: float) -> None:
+        """The pendant's speed slider (reported only: the emulated arm is not slowed)."""
+        self._speed_scaling = min(max(float(fraction), 0.0), 1.0)
+
     def delay_packets(self, seconds: float) -> None:
         """Hold back every outgoing data package by `seconds` (0: on time)."""
         self._delay_s = max(0.0, seconds)
@@ -340,7 +345,7 @@ class URControllerEmulator:
             on = self._powered
             return int(on) | (int(self.runtime_state() == RUNTIME_PLAYING) << 1)
         if name == "speed_scaling" or name == "target_speed_fraction":
-            return 1.0
+            return self._speed_scaling
         if name == "joint_mode":
             return (255,) * 6  # JOINT_RUNNING_MODE
         if name.startswith("output_int_register_"):
