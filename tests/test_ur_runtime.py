@@ -34,9 +34,11 @@ def emulator():
 
 @pytest.fixture
 def fresh(emulator: EmulatorProcess):
-    """Whatever the last run left (a protective stop) is cleared first."""
+    """Whatever the last run left (a protective stop, the arm beside a cube) is cleared first:
+    each run starts at the home pose, as the simulated robot's runs do."""
     time.sleep(0.25)
     emulator.call("clear_faults")
+    emulator.call("reset_arm")
     yield emulator
 
 

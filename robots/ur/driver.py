@@ -258,8 +258,16 @@ class URRobot:
             return
         self._refused_logged = False
         c = self.config
-        # Positional only: ur_rtde's servoJ rejects keywords. speed/acceleration are unused.
-        control.servoJ([float(x) for x in q], 0.0, 0.0, self.period_s, c.lookahead_s, c.gain)
+        try:
+            # Positional only: ur_rtde's servoJ rejects keywords. speed/acceleration are unused.
+            control.servoJ([float(x) for x in q], 0.0, 0.0, self.period_s, c.lookahead_s, c.gain)
+        except RuntimeError as exc:
+            # On a connection that just died, ur_rtde's sendCommand tries to reconnect by
+            # itself and raises from there (seen: a half-answered dashboard query).
+            self._lost = True
+            raise RobotDisconnected(
+                f"the UR controller at {self.config.host} dropped the connection ({exc})"
+            ) from exc
 
     def stop(self) -> None:
         control = self._control
@@ -271,7 +279,12 @@ class URRobot:
 
     def set_watchdog(self, min_frequency_hz: float) -> None:
         control, _ = self._require()
-        if not control.setWatchdog(float(min_frequency_hz)):
+        try:
+            accepted = control.setWatchdog(float(min_frequency_hz))
+        except RuntimeError as exc:  # as in servo: a connection that died under the call
+            self._lost = True
+            raise RobotDisconnected(f"setWatchdog failed: {exc}") from exc
+        if not accepted:
             raise RobotDisconnected("the UR controller did not accept setWatchdog")
 
     def close(self) -> None:

@@ -271,6 +271,12 @@ class URControllerEmulator:
             self._stall, self._delay_s = False, 0.0
             self.robot.unlock_protective_stop()
 
+    def reset_arm(self) -> None:
+        """The arm back at rest at its home pose and the cubes at their seeded places (the
+        start of a new dry run; a real cell would move there with moveJ)."""
+        with self._lock:
+            self.robot.reset()
+
     def set_speed_scaling(self, fraction: float) -> None:
         """The pendant's speed slider (reported only: the emulated arm is not slowed)."""
         self._speed_scaling = min(max(float(fraction), 0.0), 1.0)
