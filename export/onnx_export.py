@@ -44,32 +44,16 @@ class ExportError(EdgeVlaError):
 
 
 class PrefixGraph(nn.Module):
-    def __init__(self, model: DualSystemVLA, kv_dtype: torch.dtype) -> None:
+    """`prefix` (or, with `reuse`, `prefix_reuse`): the model's outputs, the cache cast to the
+    bundle's cache dtype."""
+
+    def __init__(self, model: DualSystemVLA, kv_dtype: torch.dtype, reuse: bool = False) -> None:
         super().__init__()
         self.model, self.kv_dtype = model, kv_dtype
-
-    def forward(
-        self,
-        images: Tensor,
-        instruction_ids: Tensor,
-        instruction_mask: Tensor,
-        state: Tensor,
-        keep_mask: Tensor,
-        steer_bias: Tensor,
-    ) -> tuple[Tensor, ...]:
-        k, v, mask, summary, scores, kept = self.model.encode_prefix(
-            images, instruction_ids, instruction_mask, state, keep_mask, steer_bias
-        )
-        return k.to(self.kv_dtype), v.to(self.kv_dtype), mask, summary, scores, kept
-
-
-class PrefixReuseGraph(nn.Module):
-    def __init__(self, model: DualSystemVLA, kv_dtype: torch.dtype) -> None:
-        super().__init__()
-        self.model, self.kv_dtype = model, kv_dtype
+        self.encode = model.encode_prefix_reuse if reuse else model.encode_prefix
 
     def forward(self, *inputs: Tensor) -> tuple[Tensor, ...]:
-        k, v, mask, summary, scores, kept = self.model.encode_prefix_reuse(*inputs)
+        k, v, mask, summary, scores, kept = self.encode(*inputs)
         return k.to(self.kv_dtype), v.to(self.kv_dtype), mask, summary, scores, kept
 
 
@@ -126,7 +110,7 @@ def graph_module(model: DualSystemVLA, graph: str, precision: str) -> nn.Module:
     kv = torch.float16 if cache_dtype(precision) == "float16" else torch.float32
     modules = {
         "prefix": lambda: PrefixGraph(model, kv),
-        "prefix_reuse": lambda: PrefixReuseGraph(model, kv),
+        "prefix_reuse": lambda: PrefixGraph(model, kv, reuse=True),
         "expert_step": lambda: ExpertStepGraph(model),
         "expert_cached": lambda: ExpertCachedGraph(model),
         "value": lambda: ValueGraph(model),

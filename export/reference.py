@@ -391,9 +391,12 @@ class DualSystemVLA(nn.Module):
         tail = torch.cat([st, self.value_query.expand(b, 1, -1)], dim=1)
         return visual, text, tail, self.selector(visual, text, instruction_mask)
 
-    def _visual_subset(self, visual: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Visual tokens at indices `tokens` [B, K] and their RoPE tables at their own
-        sequence positions (a kept token keeps the position it has in the full prefix)."""
+    def _visual_subset(
+        self, visual: Tensor, tokens: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Visual tokens at indices `tokens` [B, K], the sequence positions of those tokens and
+        of every non-visual token [B, K + T + 2], and the RoPE tables at those positions (a kept
+        token keeps the position it has in the full prefix)."""
         cfg = self.cfg
         b = visual.shape[0]
         picked = torch.gather(visual, 1, tokens[..., None].expand(-1, -1, visual.shape[-1]))
@@ -401,7 +404,7 @@ class DualSystemVLA(nn.Module):
         positions = torch.cat([tokens, rest[None].expand(b, -1)], dim=1)
         cos = self.rope_cos[positions][:, None]  # [B, 1, L', hd]: broadcast over heads
         sin = self.rope_sin[positions][:, None]
-        return picked, cos, sin
+        return picked, positions, cos, sin
 
     def _full_mask(self, instruction_mask: Tensor, visual_tokens: int) -> Tensor:
         b = instruction_mask.shape[0]
@@ -437,8 +440,7 @@ class DualSystemVLA(nn.Module):
         else:
             # Sorted, so the kept tokens stay in frame order (and top-k ties cannot reorder).
             kept = torch.topk(scores, self.keep_tokens, dim=-1).indices.sort(dim=-1).values
-            visual_kept, cos, sin = self._visual_subset(visual, kept)
-            visual = visual_kept
+            visual, _, cos, sin = self._visual_subset(visual, kept)
         x = torch.cat([visual, text, tail], dim=1)
         mask = self._full_mask(instruction_mask, visual.shape[1])
         embeddings = x
@@ -487,9 +489,7 @@ class DualSystemVLA(nn.Module):
         visual, text, tail, scores = self._prefix_inputs(
             images, instruction_ids, instruction_mask, state
         )
-        visual_new, cos, sin = self._visual_subset(visual, recompute_tokens)
-        rest = torch.arange(cfg.num_visual_tokens, cfg.prefix_len, device=images.device)
-        positions = torch.cat([recompute_tokens, rest[None].expand(b, -1)], dim=1)
+        visual_new, positions, cos, sin = self._visual_subset(visual, recompute_tokens)
         x = torch.cat([visual_new, text, tail], dim=1)
         mask = self._full_mask(instruction_mask, cfg.num_visual_tokens)
         ks, vs = [], []

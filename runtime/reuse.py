@@ -111,6 +111,7 @@ class PlanMemory:
         self._since_full = 0
         self._cache: PlanResult | None = None
         self._ref_patches: np.ndarray | None = None
+        self._pixels = np.zeros(0)  # this frame's patch pixels, from token_reuse_request
         self._last_t: float | None = None
 
     def _drop(self, why: str) -> None:
@@ -179,7 +180,8 @@ class PlanMemory:
         if self._since_full + 1 >= self.settings.token_refresh_every:
             return None
         assert self._ref_patches is not None
-        change = np.abs(patch_pixels(images, self.patch_size) - self._ref_patches).mean(axis=1)
+        self._pixels = patch_pixels(images, self.patch_size)  # `record` takes them from here
+        change = np.abs(self._pixels - self._ref_patches).mean(axis=1)
         tokens = choose_recompute(
             self._cache.token_scores, change, r.recompute_tokens, self.settings.token_relevant
         )
@@ -204,11 +206,11 @@ class PlanMemory:
             self.counts["tokens"] += 1
             self._since_full += 1
         if self.token_reuse is not None:
-            pixels = patch_pixels(images, self.patch_size)
             if reuse is None or self._ref_patches is None:
-                self._ref_patches = pixels
-            else:
-                self._ref_patches[reuse.recompute_tokens] = pixels[reuse.recompute_tokens]
+                self._ref_patches = patch_pixels(images, self.patch_size)
+            else:  # the request of this plan computed this frame's pixels
+                tokens = reuse.recompute_tokens
+                self._ref_patches[tokens] = self._pixels[tokens]
             self._cache = result
         if t_s is not None:
             top = top_tokens(result.token_scores, self.settings.action_top_tokens)

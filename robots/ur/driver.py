@@ -115,6 +115,7 @@ class URRobot:
         self._refused_logged = False
         self._lost = False  # the connection dropped: see reconnect
         self.speed_scaling = 1.0  # the controller's speed scaling, as last read
+        self._accepts_setpoints = False  # program running and safety normal, as last read
 
     # ------------------------------------------------------------------ connection
 
@@ -227,6 +228,8 @@ class URRobot:
         out.safety_mode = mode
         self._note_speed_scaling(float(receive.getSpeedScaling()))
         out.program_running = bool(receive.getRuntimeState() == RUNTIME_PLAYING)
+        # servo() gates on this reading: the control loop reads before it commands, each cycle.
+        self._accepts_setpoints = out.program_running and mode == SafetyMode.NORMAL
         if mode == SafetyMode.PROTECTIVE_STOP and self._protective_stop_t is None:
             self._protective_stop_t = out.t_s
             log.error("UR protective stop (safety mode %d)", mode)
@@ -248,9 +251,9 @@ class URRobot:
         self.speed_scaling = scaling
 
     def servo(self, q: np.ndarray, gripper: float) -> None:
-        control, receive = self._require()
+        control, _receive = self._require()
         self._gripper = float(gripper)
-        if receive.getRuntimeState() != RUNTIME_PLAYING or receive.getSafetyMode() != 1:
+        if not self._accepts_setpoints:
             # The controller would not execute it; the control process trips on the state.
             if not self._refused_logged:
                 log.warning("UR not running or not in normal safety mode: setpoint not sent")
