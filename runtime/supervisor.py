@@ -33,6 +33,8 @@ from edgevla.runtime.shm import RECORD_COLUMNS, Layout, SeqLock
 log = logging.getLogger("edgevla.supervisor")
 
 _COL = {name: i for i, name in enumerate(RECORD_COLUMNS)}
+_FINAL_WINDOW_S = 0.05  # the report's "stopped" looks at this much of the end of the run
+_STOPPED_RAD_S = 1e-3
 _STOP_GRACE_S = 5.0
 
 
@@ -52,6 +54,18 @@ def percentiles(values: np.ndarray, scale: float = 1.0) -> dict[str, float]:
         "p99": round(float(np.percentile(v, 99)), 3),
         "max": round(float(v.max()), 3),
     }
+
+
+def final_joint_speed(q_meas: np.ndarray, rate_hz: float) -> float:
+    """The largest joint travel (max - min) across rows of measured q [T, 6], per second.
+
+    Not the largest sample-to-sample difference: at 500 Hz that multiplies position noise by
+    500, and an arm held against a contact, still to 1e-5 rad, read as moving at 3e-3 rad/s.
+    A servo ringing through zero speed still shows as its full swing.
+    """
+    if len(q_meas) < 2:
+        return 0.0
+    return float(np.ptp(q_meas, axis=0).max() * rate_hz / (len(q_meas) - 1))
 
 
 class Supervisor:
@@ -244,10 +258,10 @@ class Supervisor:
                 return 0.0
             return round((len(rows) - 1) / max(rows[-1, 0] - rows[0, 0], 1e-9), 2)
 
-        tail = rec[-int(0.02 * self.rate_hz) :] if len(rec) else rec  # the final 20 ms
-        q_meas = tail[:, [_COL[f"q_meas{i}"] for i in range(6)]]
-        final_speed = (
-            float(np.abs(np.diff(q_meas, axis=0)).max() * self.rate_hz) if len(q_meas) > 1 else 0.0
+        window = int(_FINAL_WINDOW_S * self.rate_hz)
+        tail = rec[-window:] if len(rec) else rec
+        final_speed = final_joint_speed(
+            tail[:, [_COL[f"q_meas{i}"] for i in range(6)]], self.rate_hz
         )
         final_state = ControlState(int(self.ctrl.state[0])).name.lower()
         report = {
@@ -294,7 +308,7 @@ class Supervisor:
             "final": {
                 "state": final_state,
                 "max_joint_speed_rad_s": round(final_speed, 6),
-                "robot_stopped": final_speed < 1e-3,
+                "robot_stopped": final_speed < _STOPPED_RAD_S,
             },
             "policy_process": {"pid": self.policy.pid, "exit_code": self._policy_exit},
             "task": None if self.task is None else self.task.report(),

@@ -14,6 +14,7 @@ from edgevla.export.checkpoint import ReferencePolicy, init_policy
 from edgevla.export.configs import get_config
 
 TINY_SEED = 7
+CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "touch-tiny"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -36,6 +37,18 @@ def tiny_bundle(tiny_policy: ReferencePolicy, tmp_path_factory: pytest.TempPathF
     """A read-only reference bundle (fp32, N=5). Copy it before tampering: see `bundle_copy`."""
     out = tmp_path_factory.mktemp("bundles") / "tiny-fp32"
     export_bundle(tiny_policy, out, ExportOptions(precision="fp32", candidates=5))
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The committed, trained checkpoint (fp32, N=5). Runs that must not end on a safety trip
+    use it: the untrained tiny policy drives at full speed wherever its weights point, and on a
+    slow machine it reaches the workspace wall within seconds."""
+    from edgevla.export.checkpoint import load_checkpoint
+
+    out = tmp_path_factory.mktemp("trained") / "bundle"
+    export_bundle(load_checkpoint(CHECKPOINT), out, ExportOptions(candidates=5))
     return out
 
 

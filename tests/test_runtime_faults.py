@@ -54,8 +54,8 @@ def assert_safe_end(report: dict, cause: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def clean_report(tiny_bundle: Path) -> dict:
-    return Supervisor(run_config(tiny_bundle), RunOptions(duration_s=RUN_S, live=False)).run()
+def clean_report(trained_bundle: Path) -> dict:
+    return Supervisor(run_config(trained_bundle), RunOptions(duration_s=RUN_S, live=False)).run()
 
 
 def test_a_clean_run_reports_everything(clean_report: dict) -> None:
@@ -90,9 +90,9 @@ def test_a_clean_run_reports_everything(clean_report: dict) -> None:
         (Fault.MCU_SILENT, "mcu-heartbeat"),
     ],
 )
-def test_injected_fault_stops_the_robot(tiny_bundle: Path, fault: Fault, cause: str) -> None:
+def test_injected_fault_stops_the_robot(trained_bundle: Path, fault: Fault, cause: str) -> None:
     options = RunOptions(duration_s=RUN_S, injections=[(fault, FAULT_AT_S)], live=False)
-    report = Supervisor(run_config(tiny_bundle), options).run()
+    report = Supervisor(run_config(trained_bundle), options).run()
     assert report["injections"] == [
         {"fault": fault.label, "t_s": pytest.approx(FAULT_AT_S, abs=0.2)}
     ]
@@ -130,9 +130,9 @@ def _start_cli(bundle: Path, tmp_path: Path, *extra: str) -> tuple[subprocess.Po
 
 
 @pytest.mark.parametrize("sig", [signal.SIGSTOP, signal.SIGKILL])
-def test_outside_signal_to_the_policy_process(tiny_bundle: Path, tmp_path: Path, sig: int) -> None:
+def test_outside_signal_to_the_policy_process(trained_bundle: Path, tmp_path: Path, sig: int) -> None:
     """A real SIGSTOP or SIGKILL from outside, through the real command line."""
-    proc, _, policy_pid = _start_cli(tiny_bundle, tmp_path, "--duration", str(RUN_S))
+    proc, _, policy_pid = _start_cli(trained_bundle, tmp_path, "--duration", str(RUN_S))
     time.sleep(FAULT_AT_S)
     os.kill(policy_pid, sig)
     try:
@@ -146,8 +146,8 @@ def test_outside_signal_to_the_policy_process(tiny_bundle: Path, tmp_path: Path,
     assert_safe_end(report, "policy-dead")
 
 
-def test_sigterm_stops_the_robot_before_exit(tiny_bundle: Path, tmp_path: Path) -> None:
-    proc, _, _ = _start_cli(tiny_bundle, tmp_path)
+def test_sigterm_stops_the_robot_before_exit(trained_bundle: Path, tmp_path: Path) -> None:
+    proc, _, _ = _start_cli(trained_bundle, tmp_path)
     time.sleep(FAULT_AT_S)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
@@ -158,10 +158,10 @@ def test_sigterm_stops_the_robot_before_exit(tiny_bundle: Path, tmp_path: Path) 
     assert report["safety"]["limit_violations"] == 0
 
 
-def test_control_process_stops_when_the_supervisor_dies(tiny_bundle: Path, tmp_path: Path) -> None:
+def test_control_process_stops_when_the_supervisor_dies(trained_bundle: Path, tmp_path: Path) -> None:
     """SIGKILL of `edgevla run` itself: the orphaned control process brings the arm to rest
     (trip supervisor-lost) and exits rather than running on unsupervised."""
-    proc, control_pid, policy_pid = _start_cli(tiny_bundle, tmp_path)
+    proc, control_pid, policy_pid = _start_cli(trained_bundle, tmp_path)
     time.sleep(FAULT_AT_S)
     proc.kill()
     proc.wait(timeout=10)

@@ -8,17 +8,9 @@ from pathlib import Path
 import pytest
 
 from edgevla.cli import main
-from edgevla.export.bundle_writer import ExportOptions, export_bundle
 from edgevla.export.checkpoint import load_checkpoint
 
 CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "touch-tiny"
-
-
-@pytest.fixture(scope="module")
-def trained_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("trained") / "bundle"
-    export_bundle(load_checkpoint(CHECKPOINT), out, ExportOptions(candidates=5))
-    return out
 
 
 def test_the_committed_checkpoint_is_small_documented_and_trained() -> None:

@@ -67,11 +67,11 @@ def _safe_end(report: dict, cause: str) -> None:
     assert report["final"]["state"] in ("tripped", "finished")
 
 
-def test_run_drives_the_emulated_arm_through_ur_rtde(tiny_bundle: Path, fresh) -> None:
+def test_run_drives_the_emulated_arm_through_ur_rtde(trained_bundle: Path, fresh) -> None:
     emulator = fresh
     before = emulator.call("commands_seen").get(11, 0)
     start = _q(emulator)
-    report = Supervisor(ur_config(tiny_bundle), RunOptions(duration_s=10.0, live=False)).run()
+    report = Supervisor(ur_config(trained_bundle), RunOptions(duration_s=10.0, live=False)).run()
     assert [t["cause"] for t in report["trips"]] == ["operator-stop"], report["trips"]
     assert report["safety"]["limit_violations"] == 0
     assert report["final"]["robot_stopped"] and report["final"]["state"] == "finished"
@@ -90,23 +90,23 @@ def test_run_drives_the_emulated_arm_through_ur_rtde(tiny_bundle: Path, fresh) -
     ],
 )
 def test_robot_faults_on_the_controller_stop_the_run_safely(
-    tiny_bundle: Path, fresh, inject: str, cause: str
+    trained_bundle: Path, fresh, inject: str, cause: str
 ) -> None:
     emulator = fresh
     timer = threading.Timer(FAULT_AT_S + 1.0, emulator.call, args=(inject,))
     timer.start()  # the run takes about a second to start
     try:
         options = RunOptions(duration_s=FAULT_AT_S + 3.0, live=False)
-        report = Supervisor(ur_config(tiny_bundle), options).run()
+        report = Supervisor(ur_config(trained_bundle), options).run()
     finally:
         timer.cancel()
     _safe_end(report, cause)
 
 
-def test_a_policy_hang_stops_the_ur_safely(tiny_bundle: Path, fresh) -> None:
+def test_a_policy_hang_stops_the_ur_safely(trained_bundle: Path, fresh) -> None:
     options = RunOptions(
         duration_s=FAULT_AT_S + 3.0, injections=[(Fault.POLICY_HANG, FAULT_AT_S)], live=False
     )
-    report = Supervisor(ur_config(tiny_bundle), options).run()
+    report = Supervisor(ur_config(trained_bundle), options).run()
     _safe_end(report, "setpoint-stale")
     assert report["final"]["robot_stopped"]
