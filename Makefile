@@ -18,8 +18,9 @@ EDGEVLA     := $(VENV)/bin/edgevla
 
 setup: $(STAMP)
 
-# Debian packages: OSMesa lets MuJoCo render on a CPU. Installed when run as root, else checked.
-DEBS := libosmesa6
+# Debian packages: OSMesa lets MuJoCo render on a CPU; pyrealsense2 links libusb. Installed when
+# run as root, else checked.
+DEBS := libosmesa6 libusb-1.0-0
 
 $(STAMP): pyproject.toml Makefile
 	@if [ "$$(id -u)" = 0 ]; then \
@@ -30,7 +31,7 @@ $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH_PIN)
-	$(PIP) install -q -e '.[export,sim,ur,dev]'
+	$(PIP) install -q -e '.[export,sim,ur,realsense,dev]'
 	@touch $(STAMP)
 
 # The bundle follows the checkpoint: a newer checkpoint (or a tampered bundle) is re-exported.

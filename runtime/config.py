@@ -89,9 +89,20 @@ class RobotConfig(_Section):
 
 
 class CamerasConfig(_Section):
-    kind: str = "sim"  # sim (realsense comes with its driver)
+    kind: str = "sim"  # sim | realsense (docs/realsense.md)
     names: tuple[str, ...] = ("scene", "wrist")
     fps: float = 30.0
+    # realsense: one serial number per name (live cameras) or one .db3 recording per name,
+    # played through the same rs.pipeline; never both.
+    serials: tuple[str, ...] = ()
+    recordings: tuple[str, ...] = ()
+    loop_recordings: bool = False  # a recording that ends is a camera stall unless looped
+    width: int = 640
+    height: int = 480
+    depth: bool = False  # also stream depth, aligned to colour
+    stall_s: float = 0.5  # no frame for this long: the camera counts as stalled
+    reconnect_deadline_s: float = 10.0  # each recovery attempt (stop, reset, find, start)
+    hardware_reset: bool = True  # reset the device (USB re-enumeration) when recovering
 
 
 class McuConfig(_Section):
@@ -305,10 +316,42 @@ def validate(config: RuntimeConfig, source: str = "config") -> RuntimeConfig:
         f"{config.robot.kind!r}: 'sim' (the simulated UR5e) or 'ur' (ur_rtde at robot.host)",
         source,
     )
-    _check(config.cameras.kind in ("sim",), "cameras.kind", "only 'sim' exists so far", source)
+    _check_cameras(config.cameras, source)
     _check(config.mcu.kind in ("sim",), "mcu.kind", "only 'sim' exists so far", source)
     _check(config.cameras.fps > 0, "cameras.fps", "must be > 0", source)
     return config
+
+
+def _check_cameras(cams: CamerasConfig, source: str) -> None:
+    _check(
+        cams.kind in ("sim", "realsense"),
+        "cameras.kind",
+        f"{cams.kind!r}: 'sim' (rendered) or 'realsense' (cameras.serials or cameras.recordings)",
+        source,
+    )
+    _check(len(cams.names) >= 1, "cameras.names", "name at least one camera", source)
+    _check(len(set(cams.names)) == len(cams.names), "cameras.names", "names repeat", source)
+    if cams.kind != "realsense":
+        return
+    n = len(cams.names)
+    _check(
+        bool(cams.serials) != bool(cams.recordings),
+        "cameras.serials",
+        "give serials (live cameras) or recordings (.db3 files), not both and not neither",
+        source,
+    )
+    for key, values in (("serials", cams.serials), ("recordings", cams.recordings)):
+        _check(
+            not values or len(values) == n,
+            f"cameras.{key}",
+            f"one per camera name: {n} names {list(cams.names)}, {len(values)} {key}",
+            source,
+        )
+        _check(all(v.strip() for v in values), f"cameras.{key}", "an entry is empty", source)
+    for key in ("width", "height"):
+        _check(getattr(cams, key) > 0, f"cameras.{key}", "must be > 0", source)
+    for key in ("stall_s", "reconnect_deadline_s"):
+        _check(getattr(cams, key) > 0, f"cameras.{key}", "must be > 0", source)
 
 
 def config_from_dict(data: dict[str, Any], source: str = "config") -> RuntimeConfig:

@@ -38,6 +38,14 @@ class CameraTimeout(EdgeVlaError):
     """No frame arrived within the deadline."""
 
 
+class CameraNotFound(EdgeVlaError):
+    """The configured camera (serial number or recording) is not there."""
+
+
+class IntrinsicsMismatch(EdgeVlaError):
+    """The camera streams at another resolution than its calibration was made for."""
+
+
 @dataclass
 class RobotState:
     """One reading of the arm. `read_state` fills it in place."""
@@ -79,6 +87,31 @@ class Frame:
     image: np.ndarray  # uint8 [H, W, 3], RGB
     frame_number: int
     t_capture_s: float
+    t_arrival_s: float  # host monotonic time the driver had it (a simulated frame: = capture)
+    depth_m: np.ndarray | None = None  # float32 [H, W], metres, aligned to `image`; 0: no data
+
+
+@dataclass(frozen=True)
+class CameraIntrinsics:
+    """Pinhole intrinsics of one stream, valid only at its own resolution."""
+
+    width: int
+    height: int
+    fx: float
+    fy: float
+    ppx: float
+    ppy: float
+    model: str = "none"  # distortion model, librealsense's name for it
+    coeffs: tuple[float, ...] = (0.0, 0.0, 0.0, 0.0, 0.0)
+
+    def check_resolution(self, width: int, height: int, what: str) -> None:
+        """Refuse intrinsics of another resolution: fx, ppx... scale with it (NOTES.md)."""
+        if (self.width, self.height) != (width, height):
+            raise IntrinsicsMismatch(
+                f"{what}: the camera streams {self.width}x{self.height} but its calibration is"
+                f" for {width}x{height}; set cameras.width/height to the calibrated resolution"
+                " or calibrate again at this one"
+            )
 
 
 class Camera(Protocol):

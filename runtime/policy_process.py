@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import signal
+import sys
 import threading
 import time
 from collections import deque
@@ -27,12 +28,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgevla.runtime.config import RuntimeConfig
+from edgevla.runtime.errors import EdgeVlaError
 from edgevla.runtime.faults import Fault
 from edgevla.runtime.policy import DualSystemPolicy, Observation, Plan
 from edgevla.runtime.shm import Layout, SeqLock, ShmBlock
 from edgevla.runtime.stitching import CommittedTrajectory
 
 log = logging.getLogger("edgevla.policy")
+
+EXIT_DEVICE_FAILED = 78  # sysexits' EX_CONFIG: a camera is missing or cannot stream as asked
 
 COLD_START_PLANS = 2  # the first inferences pay for lazy initialisation; reports exclude them
 _WILD_OFFSET_RAD = 10.0
@@ -94,6 +98,7 @@ class PolicyRuntime:
         self.s1_latency = LatencyWindow(initial_s=1.0 / self.pc.system1_rate_hz)
         self.s2_latency = LatencyWindow(initial_s=0.2)
         self.max_plan_age_s = max(1.0, 3.0 / self.pc.system2_rate_hz)
+        self.max_frame_age_s = config.watchdog.camera_max_age_s
         self._robot_q = np.zeros(7)
         self._control_state = 0
         self._anchored = False
@@ -183,12 +188,23 @@ class PolicyRuntime:
                 if last_numbers[i] >= 0 and frame.frame_number > last_numbers[i] + 1:
                     self.shm_policy.frames_dropped[0] += frame.frame_number - last_numbers[i] - 1
                 last_numbers[i] = frame.frame_number
-            images = np.stack([f.image for f in frames])
+            self.shm_policy.frames_lost[0] = sum(getattr(c, "frames_lost", 0) for c in self.cameras)
             t_oldest = min(f.t_capture_s for f in frames)
+            now = time.monotonic()
+            if now - t_oldest > self.max_frame_age_s:
+                # A set this old is no observation of the present (a camera delivering late, a
+                # reader stuck behind another camera): not published, so the control process's
+                # frame deadline runs on as if nothing had come.
+                self.shm_policy.frames_stale[0] += 1
+                continue
+            images = np.stack([f.image for f in frames])
             with self.lock:
                 self.frames = FrameSet(images, t_oldest, frames[0].frame_number)
+            published = time.monotonic()
             self.shm_policy.frame_t[0] = t_oldest
             self.shm_policy.frame_number[0] = frames[0].frame_number
+            arrival = max(f.t_arrival_s for f in frames)
+            self._ring("cam", (published, published - arrival, published - t_oldest))
 
     def system2_loop(self) -> None:
         period = 1.0 / self.pc.system2_rate_hz
@@ -265,8 +281,19 @@ class PolicyRuntime:
     def run(self) -> None:
         self.shm_policy.pid[0] = os.getpid()
         self.shm_policy.heartbeat_t[0] = time.monotonic()
-        for cam in self.cameras:
-            cam.start()
+        started = []
+        try:
+            for cam in self.cameras:
+                cam.start()
+                started.append(cam)
+        except EdgeVlaError as exc:
+            # A camera that is not there (serial, recording) or cannot stream what is asked:
+            # nothing has moved yet. Close what opened, so no device thread outlives us.
+            log.error("cannot start the cameras: %s", exc)
+            for cam in started:
+                cam.stop()
+            sys.stderr.flush()
+            os._exit(EXIT_DEVICE_FAILED)
         threads = [
             threading.Thread(target=self.heartbeat_loop, name="heartbeat", daemon=True),
             threading.Thread(
@@ -320,7 +347,13 @@ def policy_main(config: RuntimeConfig, layout: Layout) -> None:
     policy = DualSystemPolicy.from_dir(
         config.policy.bundle, BackendConfig(intra_op_threads=config.policy.intra_op_threads)
     ).with_steering(config.policy.steer)
-    cameras = make_sim_cameras(config, blocks["world"], policy.bundle.model.image_size)
+    image_size = policy.bundle.model.image_size
+    if config.cameras.kind == "realsense":
+        from edgevla.cameras.realsense.hardware import make_realsense_cameras
+
+        cameras = make_realsense_cameras(config.cameras, image_size)
+    else:
+        cameras = make_sim_cameras(config, blocks["world"], image_size)
     runtime = PolicyRuntime(config, policy, cameras, blocks)
     try:
         runtime.run()

@@ -154,7 +154,11 @@ def policy_fields(ring: int) -> list[Field]:
         Field("heartbeat_t", (1,)),
         Field("frame_t", (1,)),  # capture time of the oldest image in the newest frame set
         Field("frame_number", (1,), "int64"),
-        Field("frames_dropped", (1,), "int64"),
+        Field("frames_dropped", (1,), "int64"),  # frame numbers the policy never saw
+        Field("frames_lost", (1,), "int64"),  # ... of which the camera driver never got
+        Field("frames_stale", (1,), "int64"),  # frame sets too old to use when complete
+        Field("cam_count", (1,), "int64"),
+        Field("cam", (ring, 3)),  # t_published, newest arrival → published, age when published
         Field("ready", (1,), "int64"),
         Field("pid", (1,), "int64"),
         Field("s2_count", (1,), "int64"),

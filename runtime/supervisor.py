@@ -26,7 +26,7 @@ from edgevla.runtime.audit import AuditResult, audit_commands
 from edgevla.runtime.config import RuntimeConfig
 from edgevla.runtime.control import ControlState
 from edgevla.runtime.faults import Fault
-from edgevla.runtime.policy_process import COLD_START_PLANS
+from edgevla.runtime.policy_process import COLD_START_PLANS, EXIT_DEVICE_FAILED
 from edgevla.runtime.safety_filter import Trip
 from edgevla.runtime.shm import RECORD_COLUMNS, Layout, SeqLock
 
@@ -178,7 +178,12 @@ class Supervisor:
                 if self._policy_exit is None and not self.policy.is_alive():
                     self._policy_exit = self.policy.exitcode
                     self.cmd.policy_exited[0] = 1
-                    log.error("policy process ended (exit code %s)", self._policy_exit)
+                    why = (
+                        ": its cameras did not start (the error above)"
+                        if self._policy_exit == EXIT_DEVICE_FAILED
+                        else ""
+                    )
+                    log.error("policy process ended (exit code %s)%s", self._policy_exit, why)
                 if not self.control.is_alive():
                     log.error("control process ended (exit code %s)", self.control.exitcode)
                     break
@@ -252,6 +257,7 @@ class Supervisor:
             trips.append(entry)
         s2, s2_warm, s2_count = self._ring("s2")
         s1, s1_warm, s1_count = self._ring("s1")
+        cam, _, cam_count = self._ring("cam")
 
         def rate(rows: np.ndarray) -> float:
             if len(rows) < 2:
@@ -290,8 +296,14 @@ class Supervisor:
                 "cold_start_ms": [round(v * 1e3, 2) for v in s2[:COLD_START_PLANS, 1]],
             },
             "cameras": {
+                "kind": self.config.cameras.kind,
                 "frames": int(self.pol.frame_number[0]),
                 "dropped": int(self.pol.frames_dropped[0]),
+                "lost_by_driver": int(self.pol.frames_lost[0]),
+                "stale_sets": int(self.pol.frames_stale[0]),
+                "published": cam_count,
+                "arrival_to_published_ms": percentiles(cam[:, 1], 1e3),
+                "age_when_published_ms": percentiles(cam[:, 2], 1e3),
             },
             "trips": trips,
             "injections": self.injected,

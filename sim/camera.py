@@ -140,7 +140,7 @@ class SimCamera:
         image = self._renderer.render()
         t_capture = self._clock()
         self._last_frame = frame
-        return Frame(image=image, frame_number=frame, t_capture_s=t_capture)
+        return Frame(image=image, frame_number=frame, t_capture_s=t_capture, t_arrival_s=t_capture)
 
     def __enter__(self) -> SimCamera:
         self.start()

@@ -25,6 +25,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="IP",
         help="a real UR controller or URSim to run tests/hil against (or UR_HOST)",
     )
+    group.addoption(
+        "--realsense-serial",
+        default=None,
+        metavar="SN",
+        help="a connected RealSense to run tests/hil against (or REALSENSE_SERIAL)",
+    )
 
 
 @pytest.fixture(scope="session")

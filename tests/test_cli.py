@@ -353,3 +353,41 @@ def test_the_emulator_cli_takes_fault_commands(tmp_path) -> None:
     assert "RTDE 30004, dashboard 29999, script 30003" in done.stdout
     assert "protective stop" in done.stdout and "safety mode 3" in done.stdout
     assert "unknown command 'bogus'" in done.stdout
+
+
+# ----------------------------------------------------------------------------- camera
+
+
+def test_camera_record_from_the_simulator_then_info(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    pytest.importorskip("pyrealsense2", reason="pyrealsense2 is not installed")
+    path = tmp_path / "wrist.db3"
+    argv = ["camera", "record", "--sim", "wrist", "--out", path, "--seconds", "0.5"]
+    code, out, err = run(capsys, *argv, "--width", "64", "--height", "48", "--depth")
+    assert code == 0, err
+    assert "15 frames of simulated camera 'wrist'" in out and "serial SIM-wrist-0" in out
+    code, out, err = run(capsys, *argv)
+    assert code == 1 and "exists; pass --overwrite" in err
+    code, out, err = run(capsys, "camera", "info", path)
+    assert code == 0, err
+    assert "serial SIM-wrist-0" in out
+    assert re.search(r"Color .*rgb8 .*64x48 .*30", out) and re.search(r"Depth .*z16 .*64x48", out)
+    code, out, err = run(capsys, "camera", "record", "--sim", "scene", "--out", tmp_path / "x.bag")
+    assert code == 1 and ".db3" in err
+
+
+def test_camera_commands_name_a_missing_serial(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    pytest.importorskip("pyrealsense2", reason="pyrealsense2 is not installed")
+    out_file = tmp_path / "live.db3"
+    code, _, err = run(capsys, "camera", "record", "--serial", "000111", "--out", out_file)
+    assert code == 1 and "no RealSense with serial 000111 is connected" in err
+    assert not out_file.exists()
+    code, _, err = run(capsys, "camera", "info", "000111")
+    assert code == 1 and "serial 000111" in err
+    code, _, err = run(capsys, "camera", "info", tmp_path / "none.db3")
+    assert code == 1 and "no recording at" in err
+    code, out, _ = run(capsys, "camera", "list")
+    assert code == 0 and ("no RealSense connected" in out or "serial" in out)

@@ -69,7 +69,16 @@ def _variant() -> RuntimeConfig:
         system1_enabled=False,
         seed=-3,
     )
-    c = replace(c, "cameras", names=(), fps=15.5)
+    c = replace(
+        c,
+        "cameras",
+        kind="realsense",
+        names=("wrist",),
+        fps=15.5,
+        serials=("123622270081",),
+        depth=True,
+        stall_s=0.25,
+    )
     c = replace(c, "watchdog", setpoint_hold_s=0.05, setpoint_stop_s=0.2)
     return validate(c)
 
@@ -327,10 +336,41 @@ REJECTIONS: list[Any] = [
         {"robot": {"kind": "kuka"}}, "robot.kind", ["'sim'", "'ur'"], id="robot-kind-unknown"
     ),
     pytest.param(
+        {"cameras": {"kind": "usb"}}, "cameras.kind", ["'sim'", "'realsense'"], id="cameras-kind"
+    ),
+    pytest.param(
         {"cameras": {"kind": "realsense"}},
-        "cameras.kind",
-        ["only 'sim' exists so far"],
-        id="cameras-kind-realsense",
+        "cameras.serials",
+        ["give serials (live cameras) or recordings"],
+        id="realsense-without-a-source",
+    ),
+    pytest.param(
+        {"cameras": {"kind": "realsense", "serials": ["1"], "recordings": ["a.db3", "b.db3"]}},
+        "cameras.serials",
+        ["not both"],
+        id="realsense-both-sources",
+    ),
+    pytest.param(
+        {"cameras": {"kind": "realsense", "serials": ["123622270081"]}},
+        "cameras.serials",
+        ["one per camera name: 2 names ['scene', 'wrist'], 1 serials"],
+        id="realsense-serial-count",
+    ),
+    pytest.param(
+        {"cameras": {"kind": "realsense", "recordings": ["a.db3", " "]}},
+        "cameras.recordings",
+        ["an entry is empty"],
+        id="realsense-empty-recording",
+    ),
+    pytest.param(
+        {"cameras": {"names": ["scene", "scene"]}}, "cameras.names", ["repeat"], id="names-repeat"
+    ),
+    pytest.param({"cameras": {"names": []}}, "cameras.names", ["at least one"], id="no-cameras"),
+    pytest.param(
+        {"cameras": {"kind": "realsense", "serials": ["1", "2"], "stall_s": 0.0}},
+        "cameras.stall_s",
+        ["must be > 0"],
+        id="stall-zero",
     ),
     pytest.param(
         {"mcu": {"kind": "serial"}}, "mcu.kind", ["only 'sim' exists so far"], id="mcu-kind-serial"

@@ -130,7 +130,9 @@ def _start_cli(bundle: Path, tmp_path: Path, *extra: str) -> tuple[subprocess.Po
 
 
 @pytest.mark.parametrize("sig", [signal.SIGSTOP, signal.SIGKILL])
-def test_outside_signal_to_the_policy_process(trained_bundle: Path, tmp_path: Path, sig: int) -> None:
+def test_outside_signal_to_the_policy_process(
+    trained_bundle: Path, tmp_path: Path, sig: int
+) -> None:
     """A real SIGSTOP or SIGKILL from outside, through the real command line."""
     proc, _, policy_pid = _start_cli(trained_bundle, tmp_path, "--duration", str(RUN_S))
     time.sleep(FAULT_AT_S)
@@ -158,7 +160,9 @@ def test_sigterm_stops_the_robot_before_exit(trained_bundle: Path, tmp_path: Pat
     assert report["safety"]["limit_violations"] == 0
 
 
-def test_control_process_stops_when_the_supervisor_dies(trained_bundle: Path, tmp_path: Path) -> None:
+def test_control_process_stops_when_the_supervisor_dies(
+    trained_bundle: Path, tmp_path: Path
+) -> None:
     """SIGKILL of `edgevla run` itself: the orphaned control process brings the arm to rest
     (trip supervisor-lost) and exits rather than running on unsupervised."""
     proc, control_pid, policy_pid = _start_cli(trained_bundle, tmp_path)

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import edgevla.cameras
+import edgevla.robots
 import edgevla.runtime
 
 # Any attempt to import torch fails loudly and is remembered, even if the caller catches it.
@@ -35,6 +37,12 @@ def _run(body: str) -> subprocess.CompletedProcess[str]:
 def test_every_runtime_module_imports_without_torch() -> None:
     names = [m.name for m in pkgutil.walk_packages(edgevla.runtime.__path__, "edgevla.runtime.")]
     assert "edgevla.runtime.system2" in names and "edgevla.runtime.backend" in names
+    # The device drivers run on the robot too (the RealSense recorder imports the simulator
+    # only inside the function that renders).
+    for package in (edgevla.cameras, edgevla.robots):
+        prefix = package.__name__ + "."
+        names += [m.name for m in pkgutil.walk_packages(package.__path__, prefix)]
+    assert "edgevla.cameras.realsense.camera" in names
     result = _run(
         "import importlib\n"
         + "".join(f"importlib.import_module({n!r})\n" for n in names)
