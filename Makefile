@@ -71,6 +71,7 @@ bench: $(STAMP) $(OUT)/demos-calib/dataset.json
 	$(PY) benchmarks/bench_success.py
 	$(PY) benchmarks/bench_optimizations.py --calibration $(OUT)/demos-calib
 	$(PY) benchmarks/bench_ur_jitter.py
+	$(PY) benchmarks/bench_camera.py
 
 # Calibration frames for layer pruning and the steering direction (24 expert episodes, ~1 min).
 $(OUT)/demos-calib/dataset.json: $(STAMP)

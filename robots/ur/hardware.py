@@ -1,11 +1,11 @@
 """Wiring of a UR arm for `edgevla run` (robot.kind = "ur").
 
 The arm is `URRobot` over ur_rtde, at `robot.host`: a real controller, URSim, or
-`edgevla ur-emulator`. Until the RealSense and firmware-bridge drivers land, the cameras and
-the safety MCU stay simulated: the cameras render a kinematic twin of the cell, the seeded
-scene with the arm posed at the joint positions the controller reports (a dry run sees the arm
-move where the controller says it is), and the MCU is the simulated one, unwired (a real cell
-wires the MCU's enable line to the robot's safety input in hardware).
+`edgevla ur-emulator`. The cameras follow `cameras.kind`: RealSense cameras (or recordings),
+or with "sim" a kinematic twin of the cell, the seeded scene with the arm posed at the joint
+positions the controller reports (a dry run sees the arm move where the controller says it is).
+Until the firmware bridge lands the MCU is the simulated one, unwired (a real cell wires the
+MCU's enable line to the robot's safety input in hardware).
 """
 
 from __future__ import annotations
