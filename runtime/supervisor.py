@@ -7,6 +7,7 @@ the control process never loads onnxruntime.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import multiprocessing as mp
@@ -54,6 +55,26 @@ def percentiles(values: np.ndarray, scale: float = 1.0) -> dict[str, float]:
         "p99": round(float(np.percentile(v, 99)), 3),
         "max": round(float(v.max()), 3),
     }
+
+
+# numpy's BLAS (OpenBLAS) starts a thread per core for a matrix product as small as a camera
+# frame's resize; on two cores those threads fight onnxruntime and the control process, and the
+# capture thread lost 329 of 1800 frames in 30 s (bench_camera.py; 0 with one thread). The
+# children use onnxruntime's own pool for inference and want one BLAS thread each.
+_BLAS_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")  # not OMP: onnxruntime may use it
+
+
+@contextlib.contextmanager
+def _single_threaded_numpy():
+    """Environment for spawned children: one BLAS thread, unless the user set otherwise."""
+    added = [k for k in _BLAS_THREAD_VARS if k not in os.environ]
+    for key in added:
+        os.environ[key] = "1"
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
 
 
 def final_joint_speed(q_meas: np.ndarray, rate_hz: float) -> float:
@@ -126,8 +147,9 @@ class Supervisor:
         args = (self.config, self.layout)
         self.control = ctx.Process(target=control_main, args=args, name="edgevla-control")
         self.policy = ctx.Process(target=policy_main, args=args, name="edgevla-policy")
-        self.control.start()
-        self.policy.start()
+        with _single_threaded_numpy():
+            self.control.start()
+            self.policy.start()
         self.t0 = time.monotonic()
         # One line operators (and tests) can rely on, whatever the log level.
         print(

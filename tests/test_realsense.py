@@ -270,8 +270,12 @@ def test_fit_square_crops_the_centre_and_averages_whole_blocks() -> None:
     assert np.array_equal(out, np.rint(expected).astype(np.uint8))
     assert fit_square(image, 6).base is None  # a copy, not a view into the driver's buffer
     depth = np.linspace(0, 1, 48 * 64, dtype=np.float32).reshape(48, 64)
-    resized = fit_square(depth, 20)  # 48 → 20: not whole blocks, bilinear
+    resized = fit_square(depth, 20)  # 48 → 20: not whole blocks, overlap-weighted
     assert resized.shape == (20, 20) and resized.dtype == np.float32
     assert depth[:, 8:56].min() <= resized.min() <= resized.max() <= depth[:, 8:56].max()
+    # Area weights keep the mean of a linear ramp exactly.
+    assert resized.mean() == pytest.approx(depth[:, 8:56].mean(), rel=1e-5)
+    big = fit_square(image, 12)  # enlarging: bilinear, same range
+    assert big.shape == (12, 12, 3) and big.max() <= image[:, 2:8].max()
     with pytest.raises(ValueError, match="> 0"):
         fit_square(image, 0)
