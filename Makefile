@@ -18,9 +18,10 @@ EDGEVLA     := $(VENV)/bin/edgevla
 
 setup: $(STAMP)
 
-# Debian packages: OSMesa lets MuJoCo render on a CPU; pyrealsense2 links libusb. Installed when
-# run as root, else checked.
-DEBS := libosmesa6 libusb-1.0-0
+# Debian packages: OSMesa lets MuJoCo render on a CPU; pyrealsense2 links libusb; the tests build
+# the reference safety-MCU firmware with the system C compiler. Installed when run as root, else
+# checked.
+DEBS := libosmesa6 libusb-1.0-0 gcc libc6-dev
 
 $(STAMP): pyproject.toml Makefile
 	@if [ "$$(id -u)" = 0 ]; then \
@@ -31,7 +32,7 @@ $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH_PIN)
-	$(PIP) install -q -e '.[export,sim,ur,realsense,dev]'
+	$(PIP) install -q -e '.[export,sim,ur,realsense,mcu,dev]'
 	@touch $(STAMP)
 
 # The bundle follows the checkpoint: a newer checkpoint (or a tampered bundle) is re-exported.

@@ -622,11 +622,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--unlock-delay", type=float, default=5.0, metavar="S", help="protective-stop unlock delay"
     )
 
+    from edgevla.cli_bridge import register as register_bridge
     from edgevla.cli_camera import register as register_camera
     from edgevla.cli_learning import register
 
     register(sub, add, group)
     register_camera(sub, add, group)
+    register_bridge(sub, add, group)
 
     p = add(
         "demo",

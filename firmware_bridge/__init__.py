@@ -1,1 +1,1 @@
-"""Serial protocol to the safety microcontroller. Lands with the firmware-bridge issue (#8)."""
+"""The safety microcontroller link: protocol, host side, reference C firmware (docs/protocol.md)."""

@@ -106,8 +106,12 @@ class CamerasConfig(_Section):
 
 
 class McuConfig(_Section):
-    kind: str = "sim"  # sim (serial comes with the firmware bridge)
-    port: str = ""
+    kind: str = "sim"  # sim | serial (the edgevla firmware, docs/protocol.md)
+    port: str = ""  # serial: e.g. /dev/serial/by-id/usb-...; a stable name, not /dev/ttyACM0
+    baudrate: int = 115200
+    heartbeat_hz: float = 100.0  # host heartbeats to the MCU (the protocol asks for >= 50)
+    # serial: the MCU drops enable after this much host silence; 0: its default (100 ms)
+    host_timeout_ms: int = 0
 
 
 class PolicyConfig(_Section):
@@ -317,9 +321,28 @@ def validate(config: RuntimeConfig, source: str = "config") -> RuntimeConfig:
         source,
     )
     _check_cameras(config.cameras, source)
-    _check(config.mcu.kind in ("sim",), "mcu.kind", "only 'sim' exists so far", source)
+    _check_mcu(config.mcu, source)
     _check(config.cameras.fps > 0, "cameras.fps", "must be > 0", source)
     return config
+
+
+def _check_mcu(mcu: McuConfig, source: str) -> None:
+    _check(
+        mcu.kind in ("sim", "serial"),
+        "mcu.kind",
+        f"{mcu.kind!r}: 'sim' (simulated) or 'serial' (the edgevla firmware at mcu.port)",
+        source,
+    )
+    if mcu.kind == "serial":
+        _check(bool(mcu.port.strip()), "mcu.port", "a serial MCU needs its port", source)
+    _check(mcu.baudrate > 0, "mcu.baudrate", "must be > 0", source)
+    _check(mcu.heartbeat_hz >= 50, "mcu.heartbeat_hz", "the protocol asks for >= 50 Hz", source)
+    _check(
+        mcu.host_timeout_ms == 0 or 20 <= mcu.host_timeout_ms <= 1000,
+        "mcu.host_timeout_ms",
+        "0 (the MCU's default) or 20..1000 ms",
+        source,
+    )
 
 
 def _check_cameras(cams: CamerasConfig, source: str) -> None:

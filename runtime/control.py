@@ -496,6 +496,9 @@ def control_main(config: RuntimeConfig, layout: Layout) -> None:
     gc.disable()  # a collection in the loop costs milliseconds; the loop makes no cycles
     hardware.robot.read_state(loop.state)
     loop.warm_up()
+    # The MCU's enable goes high only now: from here heartbeats come every cycle, and a real MCU
+    # drops enable after 100 ms without them (the set-up above can take longer than that).
+    hardware.mcu.arm()
     # Armed last: from here on a servo goes out every period, and if we stall the arm stops.
     hardware.robot.set_watchdog(config.watchdog.robot_watchdog_min_hz)
     try:

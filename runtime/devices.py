@@ -136,6 +136,10 @@ class McuStatus:
 class SafetyMcu(Protocol):
     """The safety microcontroller: heartbeats both ways, e-stop state, the robot-enable line."""
 
+    def arm(self) -> None:
+        """Called once, right before the first control cycle: raise the enable output. From
+        here on heartbeats must keep coming, or the MCU drops it again."""
+
     def heartbeat(self, t_s: float) -> None:
         """Host heartbeat; the MCU drops enable if these stop."""
 

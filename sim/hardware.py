@@ -6,7 +6,9 @@ e-stop or silencing the host drops enable and the arm goes into a safeguard stop
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,13 +21,22 @@ from edgevla.sim.mcu import SimSafetyMcu
 from edgevla.sim.robot import SimRobot
 from edgevla.sim.world import SimWorld
 
+if TYPE_CHECKING:
+    from edgevla.firmware_bridge.mcu import SerialSafetyMcu
+
+log = logging.getLogger(__name__)
+
 
 class WiredMcu:
-    """The `SafetyMcu` protocol over the simulated MCU, driving the robot's safety input."""
+    """The `SafetyMcu` protocol over an MCU whose enable output drives the robot's safety input."""
 
-    def __init__(self, mcu: SimSafetyMcu, robot: SimRobot) -> None:
+    def __init__(self, mcu: SimSafetyMcu | SerialSafetyMcu, robot: SimRobot) -> None:
         self.mcu = mcu
         self.robot = robot
+
+    def arm(self) -> None:
+        self.mcu.arm()
+        self.robot.set_enable_input(self.mcu.enable_line())
 
     def heartbeat(self, t_s: float) -> None:
         self.mcu.heartbeat(t_s)
@@ -54,6 +65,10 @@ class SimHardware:
             self.robot.inject_protective_stop()
         elif fault is Fault.ROBOT_DISCONNECT:
             self.robot.inject_disconnect()
+        elif fault in (Fault.ESTOP, Fault.MCU_SILENT) and not isinstance(
+            self.mcu.mcu, SimSafetyMcu
+        ):
+            log.warning("fault %s is not injectable on a real MCU: press its e-stop", fault)
         elif fault is Fault.ESTOP:
             self.mcu.mcu.press_estop()
         elif fault is Fault.MCU_SILENT:
@@ -67,8 +82,21 @@ class SimHardware:
 def make_sim_hardware(config: RuntimeConfig) -> SimHardware:
     robot = SimRobot(seed=config.robot.scene_seed, robot=config.robot_model)
     robot.reset(np.asarray(config.robot.initial_q_rad), config.robot.initial_gripper)
-    mcu = WiredMcu(SimSafetyMcu(host_timeout_s=config.watchdog.mcu_heartbeat_timeout_s), robot)
-    mcu.heartbeat(0.0)  # enable high before the first cycle, as after a normal power-up
+    if config.mcu.kind == "serial":
+        # A real MCU (or the firmware on a pty) whose reported enable output drives the
+        # simulated arm's safety input, as its pin would on a real cell.
+        from edgevla.firmware_bridge.mcu import connect_serial_mcu
+
+        device = connect_serial_mcu(config.mcu)
+    else:
+        device = SimSafetyMcu(host_timeout_s=config.watchdog.mcu_heartbeat_timeout_s)
+    mcu = WiredMcu(device, robot)
+    mcu.heartbeat(0.0)
+    if isinstance(device, SimSafetyMcu):
+        # Armed now as well as by the control process before its first cycle, so that a loop
+        # built without `control_main` (tests, benchmarks) starts enabled. A real MCU is armed
+        # only there: arming it here would let the set-up's silence time it out.
+        mcu.arm()
     mcu.read_status(McuStatus())
     return SimHardware(robot, mcu)
 

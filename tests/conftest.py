@@ -31,6 +31,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="SN",
         help="a connected RealSense to run tests/hil against (or REALSENSE_SERIAL)",
     )
+    group.addoption(
+        "--mcu-port",
+        default=None,
+        metavar="PORT",
+        help="a safety MCU running the edgevla firmware, for tests/hil (or MCU_PORT)",
+    )
 
 
 @pytest.fixture(scope="session")

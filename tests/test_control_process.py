@@ -125,7 +125,11 @@ def test_releasing_the_estop_after_a_trip_does_not_move_the_arm() -> None:
         _drive(loop, blocks, 1.0)
         assert loop.control_state == ControlState.TRIPPED and loop.trip.label == "estop"
         held = hw.robot.world.q.copy()
+        # Released, reset and re-armed (say, by a technician's selftest): the robot's
+        # safeguard stop clears, and still nothing moves.
         hw.mcu.mcu.release_estop()
+        hw.mcu.mcu.reset_estop()
+        hw.mcu.arm()
         _drive(loop, blocks, 1.0)
         assert loop.control_state == ControlState.TRIPPED  # still latched
         assert np.abs(hw.robot.world.q - held).max() < 1e-3

@@ -27,7 +27,7 @@ from edgevla.runtime.devices import (
 )
 from edgevla.runtime.kinematics import UR5E, ForwardKinematics
 from edgevla.sim.camera import SimCamera
-from edgevla.sim.mcu import SimSafetyMcu
+from edgevla.sim.mcu import McuArmRefused, SimSafetyMcu
 from edgevla.sim.robot import SimRobot, UnlockRefused
 from edgevla.sim.scene import (
     ARM_JOINTS,
@@ -528,38 +528,63 @@ def _status(mcu: SafetyMcu) -> McuStatus:
     return out
 
 
-def test_mcu_drops_enable_without_host_heartbeats_and_needs_a_fresh_one() -> None:
+def test_mcu_drops_enable_without_host_heartbeats_and_needs_a_new_request() -> None:
     clock = FakeClock()
     mcu = SimSafetyMcu(host_timeout_s=0.1, clock=clock)
-    assert not _status(mcu).enable  # never heard from the host
     mcu.heartbeat(clock())
+    assert not _status(mcu).enable  # heartbeats alone: nobody asked for enable
+    mcu.arm()
     assert _status(mcu).enable
     clock.advance(0.09)
     assert _status(mcu).enable
     clock.advance(0.02)
-    assert not _status(mcu).enable
+    assert not _status(mcu).enable and mcu.host_timed_out
     clock.advance(1.0)
     assert not _status(mcu).enable  # stays dropped while the host is silent
     mcu.heartbeat(clock())
-    assert _status(mcu).enable
+    assert not _status(mcu).enable  # ... and after it is back, until it asks again
+    mcu.arm()
+    assert _status(mcu).enable and not mcu.host_timed_out
 
 
-def test_mcu_estop_drops_enable_until_released_and_heartbeated() -> None:
+def test_mcu_estop_latches_until_released_reset_and_rearmed() -> None:
     clock = FakeClock()
     mcu = SimSafetyMcu(clock=clock)
     mcu.heartbeat(clock())
+    mcu.arm()
     mcu.press_estop()
     status = _status(mcu)
     assert status.estop_pressed and not status.enable
-    clock.advance(0.01)
-    mcu.heartbeat(clock())
-    assert not _status(mcu).enable
+    with pytest.raises(McuArmRefused, match="e-stop"):
+        mcu.arm()
+    with pytest.raises(McuArmRefused, match="still pressed"):
+        mcu.reset_estop()
     clock.advance(0.01)
     mcu.release_estop()
-    status = _status(mcu)
-    assert not status.estop_pressed and not status.enable
-    clock.advance(0.01)
     mcu.heartbeat(clock())
+    status = _status(mcu)
+    assert status.estop_pressed and not status.enable  # released, but latched: still e-stopped
+    with pytest.raises(McuArmRefused):
+        mcu.arm()
+    mcu.reset_estop()
+    mcu.heartbeat(clock())
+    assert not _status(mcu).estop_pressed and not _status(mcu).enable  # reset is not enable
+    mcu.arm()
+    assert _status(mcu).enable
+
+
+def test_mcu_fault_cancels_enable_until_cleared_and_rearmed() -> None:
+    clock = FakeClock()
+    mcu = SimSafetyMcu(clock=clock)
+    mcu.heartbeat(clock())
+    mcu.arm()
+    mcu.inject_fault(3)
+    assert not _status(mcu).enable and _status(mcu).fault == 3
+    with pytest.raises(McuArmRefused, match="fault 3"):
+        mcu.arm()
+    mcu.clear_fault()
+    assert not _status(mcu).enable
+    mcu.arm()
     assert _status(mcu).enable
 
 
@@ -567,6 +592,7 @@ def test_mcu_heartbeat_ticks_at_100_hz_and_freezes_when_silent() -> None:
     clock = FakeClock()
     mcu = SimSafetyMcu(clock=clock)
     mcu.heartbeat(clock())
+    mcu.arm()
     clock.advance(0.0537)
     status = _status(mcu)
     assert clock() - 0.01 < status.t_last_heartbeat_s <= clock()
@@ -582,4 +608,6 @@ def test_mcu_heartbeat_ticks_at_100_hz_and_freezes_when_silent() -> None:
     mcu.heartbeat(clock())
     status = _status(mcu)
     assert status.t_last_heartbeat_s == pytest.approx(100.55)
-    assert status.enable
+    assert not status.enable  # the host's silence cancelled the request
+    mcu.arm()
+    assert _status(mcu).enable

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,6 +22,9 @@ from edgevla.runtime.devices import McuStatus, RobotState
 from edgevla.runtime.faults import Fault
 from edgevla.sim.mcu import SimSafetyMcu
 from edgevla.sim.world import SimWorld
+
+if TYPE_CHECKING:
+    from edgevla.firmware_bridge.mcu import SerialSafetyMcu
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +78,14 @@ class KinematicTwin:
 
 
 class UnwiredMcu:
-    """The simulated safety MCU, its enable line going nowhere (a real cell wires it)."""
+    """The safety MCU, its enable line not wired to anything we simulate (a real cell wires it
+    to the robot's safety input)."""
 
-    def __init__(self, mcu: SimSafetyMcu) -> None:
+    def __init__(self, mcu: SimSafetyMcu | SerialSafetyMcu) -> None:
         self.mcu = mcu
+
+    def arm(self) -> None:
+        self.mcu.arm()
 
     def heartbeat(self, t_s: float) -> None:
         self.mcu.heartbeat(t_s)
@@ -98,7 +106,9 @@ class URHardware:
     def inject(self, fault: Fault) -> None:
         """Robot faults cannot be injected into a real controller: inject them on the
         emulator (`URControllerEmulator.protective_stop`, `drop_connections`, …)."""
-        if fault is Fault.ESTOP:
+        if fault in (Fault.ESTOP, Fault.MCU_SILENT) and not isinstance(self.mcu.mcu, SimSafetyMcu):
+            log.warning("fault %s is not injectable on a real MCU: press its e-stop", fault)
+        elif fault is Fault.ESTOP:
             self.mcu.mcu.press_estop()
         elif fault is Fault.MCU_SILENT:
             self.mcu.mcu.go_silent()
@@ -112,7 +122,12 @@ class URHardware:
 
 def make_ur_hardware(config: RuntimeConfig) -> URHardware:
     robot = TwinRobot(URRobot(URConfig(config.robot.host)))
-    mcu = UnwiredMcu(SimSafetyMcu(host_timeout_s=config.watchdog.mcu_heartbeat_timeout_s))
+    if config.mcu.kind == "serial":  # its enable line is wired to the robot in hardware
+        from edgevla.firmware_bridge.mcu import connect_serial_mcu
+
+        mcu = UnwiredMcu(connect_serial_mcu(config.mcu))
+    else:
+        mcu = UnwiredMcu(SimSafetyMcu(host_timeout_s=config.watchdog.mcu_heartbeat_timeout_s))
     mcu.heartbeat(0.0)
     mcu.read_status(McuStatus())
     return URHardware(robot, mcu, KinematicTwin(config, robot))
