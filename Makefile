@@ -32,7 +32,7 @@ $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH_PIN)
-	$(PIP) install -q -e '.[export,sim,ur,realsense,mcu,dev]'
+	$(PIP) install -q -e '.[export,sim,ur,realsense,mcu,calib,dev]'
 	@touch $(STAMP)
 
 # The bundle follows the checkpoint: a newer checkpoint (or a tampered bundle) is re-exported.

@@ -1,1 +1,2 @@
-"""Hand-eye and intrinsics calibration for technicians. Lands with the calibration issue (#9)."""
+"""Hand-eye calibration with a ChArUco board, and the calibration file the runtime enforces
+(docs/calibration.md)."""

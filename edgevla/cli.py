@@ -623,12 +623,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     from edgevla.cli_bridge import register as register_bridge
+    from edgevla.cli_calib import register as register_calib
     from edgevla.cli_camera import register as register_camera
     from edgevla.cli_learning import register
 
     register(sub, add, group)
     register_camera(sub, add, group)
     register_bridge(sub, add, group)
+    register_calib(sub, add, group)
 
     p = add(
         "demo",

@@ -103,6 +103,9 @@ class CamerasConfig(_Section):
     stall_s: float = 0.5  # no frame for this long: the camera counts as stalled
     reconnect_deadline_s: float = 10.0  # each recovery attempt (stop, reset, find, start)
     hardware_reset: bool = True  # reset the device (USB re-enumeration) when recovering
+    # realsense: one calibration file per name (`edgevla calib`), or none. A file for another
+    # serial or resolution, or a tampered one, stops the run before anything moves.
+    calibrations: tuple[str, ...] = ()
 
 
 class McuConfig(_Section):
@@ -363,7 +366,12 @@ def _check_cameras(cams: CamerasConfig, source: str) -> None:
         "give serials (live cameras) or recordings (.db3 files), not both and not neither",
         source,
     )
-    for key, values in (("serials", cams.serials), ("recordings", cams.recordings)):
+    sources = (
+        ("serials", cams.serials),
+        ("recordings", cams.recordings),
+        ("calibrations", cams.calibrations),
+    )
+    for key, values in sources:
         _check(
             not values or len(values) == n,
             f"cameras.{key}",

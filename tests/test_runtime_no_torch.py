@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import edgevla.calibration
 import edgevla.cameras
 import edgevla.firmware_bridge
 import edgevla.robots
@@ -40,7 +41,7 @@ def test_every_runtime_module_imports_without_torch() -> None:
     assert "edgevla.runtime.system2" in names and "edgevla.runtime.backend" in names
     # The device drivers run on the robot too (the RealSense recorder imports the simulator
     # only inside the function that renders).
-    for package in (edgevla.cameras, edgevla.robots, edgevla.firmware_bridge):
+    for package in (edgevla.cameras, edgevla.robots, edgevla.firmware_bridge, edgevla.calibration):
         prefix = package.__name__ + "."
         names += [m.name for m in pkgutil.walk_packages(package.__path__, prefix)]
     assert "edgevla.cameras.realsense.camera" in names

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from edgevla.cameras.realsense.camera import RealSenseCamera, RealSenseSettings
 from edgevla.runtime.config import CamerasConfig
 
@@ -31,5 +33,15 @@ def realsense_settings(cams: CamerasConfig, image_size: int | None) -> list[Real
 
 def make_realsense_cameras(cams: CamerasConfig, image_size: int) -> list[RealSenseCamera]:
     """The cameras, not yet started (the policy process starts them): each frame is cropped to
-    a square and resized to the policy's `image_size`."""
-    return [RealSenseCamera(s) for s in realsense_settings(cams, image_size)]
+    a square and resized to the policy's `image_size`. A camera with a calibration file gets
+    its intrinsics, after the file's hash, serial and resolution are checked (CalibrationError,
+    before any device is opened)."""
+    settings = realsense_settings(cams, image_size)
+    if cams.calibrations:
+        from edgevla.calibration.calfile import load
+
+        for i, path in enumerate(cams.calibrations):
+            cal = load(path)
+            cal.check_camera(settings[i].serial or None, cams.width, cams.height)
+            settings[i] = dataclasses.replace(settings[i], calibrated=cal.intrinsics)
+    return [RealSenseCamera(s) for s in settings]
