@@ -245,3 +245,43 @@ def plot(cal: calfile.Calibration, solution: Solution | None, path: Path) -> Pat
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def refit_intrinsics(folder: Path) -> dict[str, Any]:
+    """The camera's intrinsics refitted from a dataset's board views, against the ones the
+    dataset states (the factory's): RMS, focal and centre drift."""
+    meta, _, images = load_dataset(folder)
+    spec = BoardSpec(**meta["board"])
+    board = spec.build()
+    i = meta["intrinsics"]
+    K0 = np.array([[i["fx"], 0, i["ppx"]], [0, i["fy"], i["ppy"]], [0, 0, 1.0]])
+    dist0 = np.asarray(i["coeffs"], dtype=float)
+    obj_points, img_points = [], []
+    for data in images:
+        gray = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
+        corners, ids, _, _ = cv2.aruco.CharucoDetector(board).detectBoard(gray)
+        if ids is not None and len(ids) >= 8:
+            obj, img = board.matchImagePoints(corners, ids)
+            obj_points.append(obj.astype(np.float32))
+            img_points.append(img.astype(np.float32))
+    if len(obj_points) < 5:
+        raise calfile.CalibrationError(
+            f"{folder}: {len(obj_points)} views with the board; a refit needs 5 or more"
+        )
+    flags = cv2.CALIB_USE_INTRINSIC_GUESS | cv2.CALIB_FIX_K3 | cv2.CALIB_ZERO_TANGENT_DIST
+    rms, K, dist, _, _ = cv2.calibrateCamera(
+        obj_points, img_points, (i["width"], i["height"]), K0.copy(), dist0.copy(), flags=flags
+    )
+    return {
+        "views": len(obj_points),
+        "rms_px": float(rms),
+        "fx": float(K[0, 0]),
+        "fy": float(K[1, 1]),
+        "ppx": float(K[0, 2]),
+        "ppy": float(K[1, 2]),
+        "focal_drift_pct": float(
+            max(abs(K[0, 0] / K0[0, 0] - 1), abs(K[1, 1] / K0[1, 1] - 1)) * 100
+        ),
+        "centre_drift_px": float(np.hypot(K[0, 2] - K0[0, 2], K[1, 2] - K0[1, 2])),
+        "distortion": [float(d) for d in np.asarray(dist).reshape(-1)],
+    }

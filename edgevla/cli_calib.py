@@ -114,6 +114,40 @@ def cmd_calib_verify(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def cmd_calib_doctor(args: argparse.Namespace) -> int:
+    from edgevla.calibration import doctor
+
+    checks = doctor.check_libraries()
+    if args.serial:
+        checks += doctor.check_camera(args.serial, args.width, args.height)
+    if args.ur_host:
+        checks += doctor.check_robot(args.ur_host, args.robot_model)
+    for c in checks:
+        mark = "[green]ok[/green]  " if c.ok else "[red]FAIL[/red]"
+        _out().print(f"{mark} {c.name}: {c.detail}")
+    return 0 if all(c.ok for c in checks) else 1
+
+
+def cmd_calib_intrinsics(args: argparse.Namespace) -> int:
+    from edgevla.calibration.pipeline import refit_intrinsics
+
+    r = refit_intrinsics(Path(args.dataset))
+    ok = r["focal_drift_pct"] <= args.max_focal_pct and r["centre_drift_px"] <= args.max_centre_px
+    mark = "[green]PASS[/green]" if ok else "[red]FAIL[/red]"
+    _out().print(
+        f"{mark} refit from {r['views']} views, RMS {r['rms_px']:.3f} px: fx {r['fx']:.1f}, "
+        f"fy {r['fy']:.1f}, centre ({r['ppx']:.1f}, {r['ppy']:.1f}); against the stated "
+        f"intrinsics: focal {r['focal_drift_pct']:.2f} % (allowed {args.max_focal_pct:g}), "
+        f"centre {r['centre_drift_px']:.1f} px (allowed {args.max_centre_px:g})"
+    )
+    if not ok:
+        _out().print(
+            "the camera's stated (factory) intrinsics do not fit its images: check the "
+            "stream resolution, or use the refit"
+        )
+    return 0 if ok else 1
+
+
 def cmd_calib_show(args: argparse.Namespace) -> int:
     from edgevla.calibration import calfile
 
@@ -163,6 +197,27 @@ def register(sub, add, group) -> None:
     p.add_argument("dataset", metavar="DATASET")
     p.add_argument("--max-mm", type=float, default=3.0)
     p.add_argument("--max-px", type=float, default=1.5)
+    p = add(
+        "doctor",
+        cmd_calib_doctor,
+        "before capturing: libraries, the camera and its stream, the robot and a zero TCP offset",
+        calib,
+    )
+    p.add_argument("--serial", metavar="SN", help="the RealSense to calibrate")
+    p.add_argument("--width", type=int, default=640)
+    p.add_argument("--height", type=int, default=480)
+    p.add_argument("--ur-host", metavar="IP", help="the UR controller")
+    p.add_argument("--robot-model", choices=("ur5e", "ur5"), default="ur5e")
+    p = add(
+        "intrinsics",
+        cmd_calib_intrinsics,
+        "the stated (factory) intrinsics against a refit"
+        " from a dataset's board views: RMS, focal and centre drift",
+        calib,
+    )
+    p.add_argument("dataset", metavar="DATASET")
+    p.add_argument("--max-focal-pct", type=float, default=1.0)
+    p.add_argument("--max-centre-px", type=float, default=8.0)
     p = add("show", cmd_calib_show, "what a calibration file holds (hash-checked)", calib)
     p.add_argument("file", metavar="FILE")
     p.add_argument("--plot", metavar="PNG")

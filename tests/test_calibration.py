@@ -199,3 +199,42 @@ def test_the_whole_flow_from_the_command_line(tmp_path: Path, capsys) -> None:
     write_synthetic_dataset(bad, mode="eye_in_hand", views=15, single_axis=True)
     assert main(["calib", "solve", str(bad), "--out", str(tmp_path / "x.json")]) == 1
     assert "degenerate motion" in " ".join(capsys.readouterr().err.split())
+
+
+def test_intrinsics_refit_agrees_with_true_ones_and_flags_wrong_ones(solved, tmp_path: Path):
+    from edgevla.calibration.pipeline import refit_intrinsics
+
+    root, *_ = solved
+    good = refit_intrinsics(root / "data")
+    assert good["views"] == 15 and good["focal_drift_pct"] < 0.5 and good["centre_drift_px"] < 3
+    wrong = tmp_path / "wrong"
+    wrong.mkdir()
+    meta = json.loads((root / "data" / "dataset.json").read_text())
+    meta["intrinsics"]["fx"] *= 1.03  # a factory calibration for another resolution, say
+    meta["intrinsics"]["fy"] *= 1.03
+    for v in meta["views"]:
+        (wrong / v["image"]).write_bytes((root / "data" / v["image"]).read_bytes())
+    (wrong / "dataset.json").write_text(json.dumps(meta))
+    assert refit_intrinsics(wrong)["focal_drift_pct"] > 2.5
+
+
+def test_doctor_reads_the_tcp_offset_from_a_controller() -> None:
+    """Against the UR controller emulator, through ur_rtde: its TCP is the flange (no offset);
+    a pose shifted by a 10 cm tool is caught."""
+    pytest.importorskip("rtde_receive", reason="ur_rtde is not installed")
+    import cv2
+
+    from edgevla.calibration import doctor
+    from edgevla.robots.ur.emulator import EmulatorConfig, EmulatorProcess
+
+    with EmulatorProcess(EmulatorConfig()):
+        checks = doctor.check_robot("127.0.0.1", "ur5e")
+    assert [c.name for c in checks] == ["robot", "TCP offset"] and all(c.ok for c in checks), checks
+    q = np.array([0.1, -1.2, 1.5, -1.9, -1.6, 0.3])
+    from edgevla.runtime.kinematics import UR5E, ForwardKinematics
+
+    flange = np.array(ForwardKinematics(UR5E).flange_pose(q))
+    tool = flange @ np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0.1], [0, 0, 0, 1.0]])
+    pose = np.concatenate([tool[:3, 3], cv2.Rodrigues(tool[:3, :3])[0].reshape(3)])
+    mm, deg = doctor.tcp_offset(q, pose, "ur5e")
+    assert mm == pytest.approx(100.0, abs=0.01) and deg < 1e-4
