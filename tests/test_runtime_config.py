@@ -372,8 +372,15 @@ REJECTIONS: list[Any] = [
         ["must be > 0"],
         id="stall-zero",
     ),
+    pytest.param({"mcu": {"kind": "can"}}, "mcu.kind", ["'sim'", "'serial'"], id="mcu-kind"),
     pytest.param(
-        {"mcu": {"kind": "serial"}}, "mcu.kind", ["only 'sim' exists so far"], id="mcu-kind-serial"
+        {"mcu": {"kind": "serial"}}, "mcu.port", ["needs its port"], id="mcu-serial-no-port"
+    ),
+    pytest.param(
+        {"mcu": {"heartbeat_hz": 20.0}}, "mcu.heartbeat_hz", [">= 50 Hz"], id="mcu-slow-heartbeat"
+    ),
+    pytest.param(
+        {"mcu": {"host_timeout_ms": 5}}, "mcu.host_timeout_ms", ["20..1000"], id="mcu-timeout"
     ),
     # the rest of the ranges
     pytest.param(
