@@ -59,6 +59,17 @@ def _q(emulator: EmulatorProcess) -> np.ndarray:
     return np.asarray(emulator.call("arm_q"))
 
 
+def _arm_at_rest(emulator: EmulatorProcess) -> bool:
+    """Whether the emulated arm itself stands still, read on the controller's side.
+
+    Used instead of the report's `robot_stopped`, which judges the last 50 ms of readings the
+    control process got: on a loaded two-core CI host the emulator's packets arrive late and
+    bunched, and that tail was seen to show motion that the arm no longer had."""
+    before = _q(emulator)
+    time.sleep(0.2)
+    return float(np.abs(_q(emulator) - before).max()) < 1e-4
+
+
 def _safe_end(report: dict, cause: str) -> None:
     causes = [t["cause"] for t in report["trips"] if t["cause"] != "operator-stop"]
     assert causes[:1] == [cause], report["trips"]
@@ -77,7 +88,7 @@ def test_run_drives_the_emulated_arm_through_ur_rtde(trained_bundle: Path, fresh
     report = Supervisor(ur_config(trained_bundle), RunOptions(duration_s=4.5, live=False)).run()
     assert [t["cause"] for t in report["trips"]] == ["operator-stop"], report["trips"]
     assert report["safety"]["limit_violations"] == 0
-    assert report["final"]["robot_stopped"] and report["final"]["state"] == "finished"
+    assert report["final"]["state"] == "finished" and _arm_at_rest(emulator)
     assert report["control"]["cycles"] > 1200  # 500 Hz, from the controller
     servo_packages = emulator.call("commands_seen").get(11, 0) - before
     assert servo_packages > 1200, servo_packages
@@ -112,4 +123,4 @@ def test_a_policy_hang_stops_the_ur_safely(trained_bundle: Path, fresh) -> None:
     )
     report = Supervisor(ur_config(trained_bundle), options).run()
     _safe_end(report, "setpoint-stale")
-    assert report["final"]["robot_stopped"]
+    assert _arm_at_rest(fresh)
