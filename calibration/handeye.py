@@ -16,7 +16,7 @@ Residuals alone miss a degenerate pose set, so a solution is accepted only when
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -337,7 +337,3 @@ def solve(
     name = "T_gripper_camera" if mode == "eye_in_hand" else "T_base_camera"
     method = f"{best}+refined" if observations is not None else best
     return Solution(mode, name, X, method, results, metrics, per_mm, per_deg)
-
-
-def thresholds_dict(th: Thresholds) -> dict[str, float]:
-    return asdict(th)

@@ -105,6 +105,20 @@ def load_dataset(folder: Path) -> tuple[dict[str, Any], list[np.ndarray], list[b
     return meta, poses, images
 
 
+def camera_matrix(fx: float, fy: float, ppx: float, ppy: float) -> np.ndarray:
+    return np.array([[fx, 0, ppx], [0, fy, ppy], [0, 0, 1.0]])
+
+
+def observe_images(
+    images: list[bytes], spec: BoardSpec, K: np.ndarray, dist: np.ndarray
+) -> list[BoardView]:
+    """Every encoded image's verdict, in order."""
+    return [
+        observe(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE), spec, K, dist)
+        for data in images
+    ]
+
+
 def solve_dataset(
     folder: Path, out_file: Path, thresholds: Thresholds | None = None
 ) -> tuple[Solution, list[BoardView], dict[str, Any]]:
@@ -114,24 +128,19 @@ def solve_dataset(
     meta, poses, images = load_dataset(folder)
     spec = BoardSpec(**meta["board"])
     i = meta["intrinsics"]
-    K = np.array([[i["fx"], 0, i["ppx"]], [0, i["fy"], i["ppy"]], [0, 0, 1.0]])
+    K = camera_matrix(i["fx"], i["fy"], i["ppx"], i["ppy"])
     dist = np.asarray(i["coeffs"], dtype=float)
-    verdicts, used_bg, used_cb = [], [], []
-    for T_bg, data in zip(poses, images, strict=True):
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
-        view = observe(image, spec, K, dist)
-        verdicts.append(view)
-        if view.accepted:
-            used_bg.append(T_bg)
-            used_cb.append(view.T_camera_board)
+    verdicts = observe_images(images, spec, K, dist)
+    used = [(T_bg, v) for T_bg, v in zip(poses, verdicts, strict=True) if v.accepted]
+    used_bg = [T_bg for T_bg, _ in used]
+    used_cb = [v.T_camera_board for _, v in used]
     if sum(v.corners for v in verdicts) == 0:
         raise calfile.CalibrationError(
             f"{folder}: no board corners in any view: is the board {spec.squares_x}x"
             f"{spec.squares_y} squares of {spec.square_m} m with {spec.dictionary} markers?"
         )
-    accepted = [v for v in verdicts if v.accepted]
     observations = Observations(
-        [v.object_points for v in accepted], [v.image_points for v in accepted], K, dist
+        [v.object_points for _, v in used], [v.image_points for _, v in used], K, dist
     )
     solution = solve(meta["mode"], used_bg, used_cb, thresholds, observations=observations)
     body = {
@@ -168,15 +177,11 @@ def verify(cal: calfile.Calibration, folder: Path) -> dict[str, float]:
     meta, poses, images = load_dataset(folder)
     spec = BoardSpec(**meta["board"])
     i = cal.intrinsics
-    K = np.array([[i.fx, 0, i.ppx], [0, i.fy, i.ppy], [0, 0, 1.0]])
+    K = camera_matrix(i.fx, i.fy, i.ppx, i.ppy)
     mode = cal.data["mode"]
     X = cal.transform("T_gripper_camera" if mode == "eye_in_hand" else "T_base_camera")
-    seen = []
-    for T_bg, data in zip(poses, images, strict=True):
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
-        view = observe(image, spec, K, np.asarray(i.coeffs))
-        if view.accepted:
-            seen.append((T_bg, view))
+    verdicts = observe_images(images, spec, K, np.asarray(i.coeffs))
+    seen = [(T_bg, v) for T_bg, v in zip(poses, verdicts, strict=True) if v.accepted]
     if len(seen) < 2:
         raise calfile.CalibrationError(f"{folder}: fewer than 2 usable held-out views")
     boards = [board_in_fixed_frame(mode, X, a, v.T_camera_board) for a, v in seen]
@@ -254,7 +259,7 @@ def refit_intrinsics(folder: Path) -> dict[str, Any]:
     spec = BoardSpec(**meta["board"])
     board = spec.build()
     i = meta["intrinsics"]
-    K0 = np.array([[i["fx"], 0, i["ppx"]], [0, i["fy"], i["ppy"]], [0, 0, 1.0]])
+    K0 = camera_matrix(i["fx"], i["fy"], i["ppx"], i["ppy"])
     dist0 = np.asarray(i["coeffs"], dtype=float)
     obj_points, img_points = [], []
     for data in images:

@@ -10,16 +10,12 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from edgevla.console import err, out
 from edgevla.log import setup_logging
 from edgevla.runtime.errors import EdgeVlaError, InvalidSetting
-
-# Wide enough for a joint-space table when piped into a log or CI output.
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
-err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 120)
 
 
 def _positive(text: str) -> int:

@@ -11,17 +11,12 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from rich.live import Live
 from rich.table import Table
 
-
-def _out():
-    from edgevla.cli import out
-
-    return out
+from edgevla.console import out
 
 
 def _status_text(status: int) -> str:
@@ -69,11 +64,11 @@ def cmd_bridge_monitor(args: argparse.Namespace) -> int:
     try:
         link.hello(2.0)
     except LinkError as exc:
-        _out().print(f"[yellow]warning:[/yellow] {exc}; showing what arrives")
+        out.print(f"[yellow]warning:[/yellow] {exc}; showing what arrives")
     started = time.monotonic()
     end = started + args.duration if args.duration else float("inf")
     # Heartbeats keep the MCU's host deadline fed while watching; enable is never requested.
-    with Live(_view(link, started), console=_out(), refresh_per_second=10) as live:
+    with Live(_view(link, started), console=out, refresh_per_second=10) as live:
         while time.monotonic() < end:
             link.heartbeat(running=False)
             link.poll()
@@ -83,109 +78,16 @@ def cmd_bridge_monitor(args: argparse.Namespace) -> int:
     return 0
 
 
-@dataclass
-class Check:
-    name: str
-    ok: bool
-    detail: str
-
-
-def _selftest(link, host_timeout_ms: int) -> list[Check]:
-    from edgevla.firmware_bridge.link import LinkError, McuRefused
-    from edgevla.firmware_bridge.protocol import MessageType, Status
-
-    checks: list[Check] = []
-    try:
-        r = link.hello(2.0)
-    except LinkError as exc:
-        return [Check("handshake", False, str(exc))]
-    fw = ".".join(map(str, r.firmware or ()))
-    checks.append(
-        Check(
-            "handshake",
-            True,
-            f"firmware {fw}, board {r.board}, protocol "
-            f"{r.protocol_version}, host timeout {r.host_timeout_ms} ms",
-        )
-    )
-    before, bad_before = link.stats.heartbeats_rx, link.stats.frames_bad
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < 1.0:
-        link.heartbeat()
-        link.poll()
-        time.sleep(0.005)
-    rate = (link.stats.heartbeats_rx - before) / (time.monotonic() - t0)
-    bad = link.stats.frames_bad - bad_before
-    checks.append(
-        Check(
-            "heartbeats",
-            rate >= 50 and bad == 0,
-            f"{rate:.0f} Hz from the MCU (>= 50), {bad} bad frames, {link.stats.lost} lost",
-        )
-    )
-    if r.estop_pressed or r.estop_latched:
-        checks.append(
-            Check(
-                "e-stop",
-                False,
-                "pressed or latched: release it; then `edgevla bridge selftest` resets it",
-            )
-        )
-        if r.estop_pressed:
-            return checks
-        try:
-            link.request("ESTOP_RESET", MessageType.ESTOP_RESET)
-        except LinkError as exc:
-            checks.append(Check("e-stop reset", False, str(exc)))
-            return checks
-    else:
-        checks.append(Check("e-stop", True, "released"))
-    try:
-        link.request("ENABLE", MessageType.ENABLE, on=1)
-    except McuRefused as exc:
-        checks.append(Check("enable", False, str(exc)))
-        return checks
-    t_enable = time.monotonic()
-    up = link.wait_for(lambda rep: rep.enable, 0.5)
-    checks.append(
-        Check(
-            "enable",
-            up,
-            f"output high after {(time.monotonic() - t_enable) * 1e3:.0f} ms"
-            if up
-            else "ACKed, but the output never went high",
-        )
-    )
-    if not up:
-        return checks
-    t_silent = time.monotonic()
-    dropped = link.wait_for(lambda rep: bool(rep.status & Status.HOST_TIMEOUT), 1.0)
-    waited = (time.monotonic() - t_silent) * 1e3
-    limit = host_timeout_ms + 50
-    checks.append(
-        Check(
-            "host silence",
-            dropped and waited <= limit,
-            f"enable dropped {waited:.0f} ms after the last heartbeat (timeout "
-            f"{host_timeout_ms} ms, allowed {limit} ms)"
-            if dropped
-            else "enable still high after 1 s of host silence: UNSAFE",
-        )
-    )
-    link.send(MessageType.ENABLE, on=0)
-    return checks
-
-
 def cmd_bridge_selftest(args: argparse.Namespace) -> int:
     from edgevla.firmware_bridge.link import BridgeLink
+    from edgevla.firmware_bridge.selftest import selftest
 
     link = BridgeLink(args.port, baudrate=args.baudrate)
     link.open()
     try:
-        checks = _selftest(link, host_timeout_ms=link.report.host_timeout_ms or 100)
+        checks = selftest(link, host_timeout_ms=link.report.host_timeout_ms or 100)
     finally:
         link.close()
-    out = _out()
     for c in checks:
         mark = "[green]PASS[/green]" if c.ok else "[red]FAIL[/red]"
         out.print(f"{mark} {c.name}: {c.detail}")
@@ -200,7 +102,6 @@ def cmd_bridge_firmware(args: argparse.Namespace) -> int:
     from edgevla.firmware_bridge.build import build
     from edgevla.firmware_bridge.hostrun import HostFirmware
 
-    out = _out()
     with tempfile.TemporaryDirectory() as tmp:
         binary = build(Path(tmp))["edgevla-mcu-host"]
         link = Path(args.link) if args.link else None

@@ -15,15 +15,10 @@ import json
 import tempfile
 from pathlib import Path
 
-
-def _out():
-    from edgevla.cli import out
-
-    return out
+from edgevla.console import out
 
 
 def _print_metrics(data: dict) -> None:
-    out = _out()
     name, T = next(iter(data["transforms"].items()))
     out.print(f"{name} ({data['mode'].replace('_', ' ')}, {data['method']}), metres:")
     for row in T:
@@ -48,7 +43,6 @@ def cmd_calib_selftest(args: argparse.Namespace) -> int:
     from edgevla.calibration.pipeline import plot, solve_dataset, verify, write_synthetic_dataset
     from edgevla.calibration.transforms import difference
 
-    out = _out()
     work = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="edgevla-calib-"))
     data_dir, held_dir = work / "dataset", work / "held-out"
     truth = write_synthetic_dataset(data_dir, mode=args.mode, views=args.views, seed=args.seed)
@@ -94,7 +88,7 @@ def cmd_calib_solve(args: argparse.Namespace) -> int:
         from edgevla.calibration import calfile
 
         plot(calfile.load(args.out), solution, Path(args.plot))
-    _out().print(f"wrote {args.out}")
+    out.print(f"wrote {args.out}")
     return 0
 
 
@@ -105,7 +99,7 @@ def cmd_calib_verify(args: argparse.Namespace) -> int:
     result = verify(calfile.load(args.file), Path(args.dataset))
     ok = result["max_mm"] <= args.max_mm and result["reprojection_rms_px"] <= args.max_px
     mark = "[green]PASS[/green]" if ok else "[red]FAIL[/red]"
-    _out().print(
+    out.print(
         f"{mark} {result['views']} held-out views: board predicted within "
         f"{result['max_mm']:.2f} mm (RMS {result['rms_mm']:.2f}), corners reprojected "
         f"{result['reprojection_rms_px']:.2f} px RMS (allowed {args.max_mm:g} mm, "
@@ -124,7 +118,7 @@ def cmd_calib_doctor(args: argparse.Namespace) -> int:
         checks += doctor.check_robot(args.ur_host, args.robot_model)
     for c in checks:
         mark = "[green]ok[/green]  " if c.ok else "[red]FAIL[/red]"
-        _out().print(f"{mark} {c.name}: {c.detail}")
+        out.print(f"{mark} {c.name}: {c.detail}")
     return 0 if all(c.ok for c in checks) else 1
 
 
@@ -134,14 +128,14 @@ def cmd_calib_intrinsics(args: argparse.Namespace) -> int:
     r = refit_intrinsics(Path(args.dataset))
     ok = r["focal_drift_pct"] <= args.max_focal_pct and r["centre_drift_px"] <= args.max_centre_px
     mark = "[green]PASS[/green]" if ok else "[red]FAIL[/red]"
-    _out().print(
+    out.print(
         f"{mark} refit from {r['views']} views, RMS {r['rms_px']:.3f} px: fx {r['fx']:.1f}, "
         f"fy {r['fy']:.1f}, centre ({r['ppx']:.1f}, {r['ppy']:.1f}); against the stated "
         f"intrinsics: focal {r['focal_drift_pct']:.2f} % (allowed {args.max_focal_pct:g}), "
         f"centre {r['centre_drift_px']:.1f} px (allowed {args.max_centre_px:g})"
     )
     if not ok:
-        _out().print(
+        out.print(
             "the camera's stated (factory) intrinsics do not fit its images: check the "
             "stream resolution, or use the refit"
         )
@@ -153,7 +147,7 @@ def cmd_calib_show(args: argparse.Namespace) -> int:
 
     cal = calfile.load(args.file)
     d = cal.data
-    _out().print(
+    out.print(
         f"{cal.path}: made {d['created_utc']} ({cal.age_days():.0f} days ago) with "
         f"edgevla {d['tool']['edgevla']}, OpenCV {d['tool']['opencv']}; camera "
         f"{d['camera']['name']} serial {d['camera']['serial']} at "
@@ -163,7 +157,7 @@ def cmd_calib_show(args: argparse.Namespace) -> int:
     if args.plot:
         from edgevla.calibration.pipeline import plot
 
-        _out().print(f"wrote {plot(cal, None, Path(args.plot))}")
+        out.print(f"wrote {plot(cal, None, Path(args.plot))}")
     return 0
 
 

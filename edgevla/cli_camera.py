@@ -13,16 +13,11 @@ from typing import Any
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from edgevla.console import out
 from edgevla.runtime.errors import InvalidSetting
 
 
-def _out():
-    from edgevla.cli import out
-
-    return out
-
-
-def _info(dev: Any, rs: Any, key: Any) -> str:
+def _info(dev: Any, key: Any) -> str:
     try:
         return str(dev.get_info(key)) if dev.supports(key) else "-"
     except RuntimeError:
@@ -34,7 +29,6 @@ def cmd_camera_list(args: argparse.Namespace) -> int:
 
     rs = require_pyrealsense2()
     devices = list(rs.context().query_devices())
-    out = _out()
     if not devices:
         out.print(
             "no RealSense connected (without librealsense's udev rules, or in a container without"
@@ -45,10 +39,10 @@ def cmd_camera_list(args: argparse.Namespace) -> int:
     ci = rs.camera_info
     for dev in devices:
         table.add_row(
-            _info(dev, rs, ci.serial_number),
-            _info(dev, rs, ci.name),
-            _info(dev, rs, ci.firmware_version),
-            _info(dev, rs, ci.usb_type_descriptor),
+            _info(dev, ci.serial_number),
+            _info(dev, ci.name),
+            _info(dev, ci.firmware_version),
+            _info(dev, ci.usb_type_descriptor),
         )
     out.print(table)
     return 0
@@ -79,7 +73,7 @@ def cmd_camera_record(args: argparse.Namespace) -> int:
         TaskProgressColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=_out(), transient=True) as bar:
+    with Progress(*columns, console=out, transient=True) as bar:
         tasks: dict[str, Any] = {}
 
         def progress(phase: str, done: int, total: int) -> None:
@@ -106,7 +100,7 @@ def cmd_camera_record(args: argparse.Namespace) -> int:
                 depth=args.depth,
                 progress=progress,
             )
-    _out().print(
+    out.print(
         f"wrote {summary['path']}: {summary['frames']} frames of {summary['source']}"
         f" (serial {summary['serial']}), colour {stream.width}x{stream.height} at {stream.fps}"
         f" fps{', depth' if summary['depth'] else ''}"
@@ -131,22 +125,22 @@ def cmd_camera_info(args: argparse.Namespace) -> int:
         duration = dev.as_playback().get_duration().total_seconds()
         what = f"recording {source}, {duration:.2f} s"
     else:
-        if source not in connected_serials(rs):
+        serials = connected_serials(rs)
+        if source not in serials:
             raise CameraNotFound(
                 f"no RealSense with serial {source} is connected"
-                f" (connected: {', '.join(connected_serials(rs)) or 'none'})"
+                f" (connected: {', '.join(serials) or 'none'})"
             )
         serial = rs.camera_info.serial_number
-        dev = next(d for d in ctx.query_devices() if _info(d, rs, serial) == source)
+        dev = next(d for d in ctx.query_devices() if _info(d, serial) == source)
         what = f"RealSense {source}"
-    out = _out()
     out.print(
-        f"{what}: {_info(dev, rs, rs.camera_info.name)}, serial"
-        f" {_info(dev, rs, rs.camera_info.serial_number)}"
+        f"{what}: {_info(dev, rs.camera_info.name)}, serial"
+        f" {_info(dev, rs.camera_info.serial_number)}"
     )
     table = Table("sensor", "stream", "format", "size", "fps", "fx", "fy", "ppx", "ppy", "model")
     for sensor in dev.query_sensors():
-        name = _info(sensor, rs, rs.camera_info.name)
+        name = _info(sensor, rs.camera_info.name)
         for p in sensor.get_stream_profiles():
             if not p.is_video_stream_profile():
                 continue

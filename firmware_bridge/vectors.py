@@ -16,6 +16,8 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from cobs import cobs
+
 from edgevla.firmware_bridge.protocol import (
     HEADER,
     SPECS,
@@ -87,8 +89,6 @@ def _raw_frame(
     crc_xor: int = 0,
     length: int | None = None,
 ) -> bytes:
-    from cobs import cobs
-
     n = len(payload) if length is None else length
     raw = HEADER.pack(version, type_, seq, n) + payload
     crc = crc16_mcrf4xx(bytes([seed]), crc16_mcrf4xx(raw)) ^ crc_xor

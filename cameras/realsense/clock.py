@@ -48,7 +48,7 @@ class FrameClock:
         # Monotonic deque of (index, arrival − timestamp): its front is the window's minimum.
         self._mins: deque[tuple[int, float]] = deque()
         self._index = 0
-        self._last_ts_ms = float("-inf")
+        self._last_ts_s = float("-inf")
         self._warned = False
         self.resets = 0  # timestamps went backwards (a looped recording, a device reset)
 
@@ -73,10 +73,10 @@ class FrameClock:
         return self._tracked(timestamp_ms / 1e3, arrival_s)
 
     def _tracked(self, ts_s: float, arrival_s: float) -> float:
-        if ts_s * 1e3 < self._last_ts_ms:
+        if ts_s < self._last_ts_s:
             self._mins.clear()
             self.resets += 1
-        self._last_ts_ms = ts_s * 1e3
+        self._last_ts_s = ts_s
         d = arrival_s - ts_s
         while self._mins and self._mins[-1][1] >= d:
             self._mins.pop()

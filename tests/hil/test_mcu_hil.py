@@ -27,13 +27,13 @@ def port(request: pytest.FixtureRequest) -> str:
 
 
 def test_the_bench_selftest_passes(port: str) -> None:
-    from edgevla.cli_bridge import _selftest
     from edgevla.firmware_bridge.link import BridgeLink
+    from edgevla.firmware_bridge.selftest import selftest
 
     link = BridgeLink(port)
     link.open()
     try:
-        checks = _selftest(link, host_timeout_ms=100)
+        checks = selftest(link, host_timeout_ms=100)
     finally:
         link.close()
     for c in checks:
