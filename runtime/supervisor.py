@@ -77,16 +77,21 @@ def _single_threaded_numpy():
             os.environ.pop(key, None)
 
 
-def final_joint_speed(q_meas: np.ndarray, rate_hz: float) -> float:
-    """The largest joint travel (max - min) across rows of measured q [T, 6], per second.
+def final_joint_speed(t_s: np.ndarray, q_meas: np.ndarray) -> float:
+    """The largest joint travel (max - min) across rows of measured q [T, 6], per second of the
+    rows' own timestamps t_s [T].
 
     Not the largest sample-to-sample difference: at 500 Hz that multiplies position noise by
     500, and an arm held against a contact, still to 1e-5 rad, read as moving at 3e-3 rad/s.
-    A servo ringing through zero speed still shows as its full swing.
+    A servo ringing through zero speed still shows as its full swing. Timestamps, not the nominal
+    rate: a loaded host misses cycles, and rows then span more time than their count says.
     """
     if len(q_meas) < 2:
         return 0.0
-    return float(np.ptp(q_meas, axis=0).max() * rate_hz / (len(q_meas) - 1))
+    span = float(t_s[-1] - t_s[0])
+    if span <= 0.0:
+        return 0.0
+    return float(np.ptp(q_meas, axis=0).max() / span)
 
 
 class Supervisor:
@@ -286,10 +291,9 @@ class Supervisor:
                 return 0.0
             return round((len(rows) - 1) / max(rows[-1, 0] - rows[0, 0], 1e-9), 2)
 
-        window = int(_FINAL_WINDOW_S * self.rate_hz)
-        tail = rec[-window:] if len(rec) else rec
+        tail = rec[rec[:, _COL["t"]] >= rec[-1, _COL["t"]] - _FINAL_WINDOW_S] if len(rec) else rec
         final_speed = final_joint_speed(
-            tail[:, [_COL[f"q_meas{i}"] for i in range(6)]], self.rate_hz
+            tail[:, _COL["t"]], tail[:, [_COL[f"q_meas{i}"] for i in range(6)]]
         )
         final_state = ControlState(int(self.ctrl.state[0])).name.lower()
         report = {

@@ -97,7 +97,7 @@ class SimRobot:
         self._t_origin_s = now
         self._steps = 0
         self._last_kick_s = now
-        self._hold()
+        self._hold(anchor=True)
 
     # --- the Robot protocol -------------------------------------------------------------------
 
@@ -200,7 +200,7 @@ class SimRobot:
             self._t_origin_s = self._clock()
             self._steps = 0
             self._last_kick_s = self._t_origin_s
-            self._hold()
+            self._hold(anchor=True)
 
     # --- fault injection ------------------------------------------------------------------------
 
@@ -279,11 +279,19 @@ class SimRobot:
     def _restart_program(self, now: float) -> None:
         self._program_running = True
         self._last_kick_s = now
-        self._hold()
+        self._hold(anchor=True)
 
-    def _hold(self) -> None:
-        """Halt from the arm's state at this instant: decelerate, then hold."""
-        self._servo.hold(self.world.q, self.world.qd)
+    def _hold(self, *, anchor: bool = False) -> None:
+        """Halt from the arm's state at this instant: decelerate, then hold.
+
+        A stop that finds a stop already in force changes nothing, as on a UR: the arm keeps
+        braking toward (or holding) the first stop's target. Re-aiming at the measured position
+        would release an arm held against a cube, which then springs back by its contact
+        deflection — motion a second stop must not cause. `anchor` takes the measured position
+        regardless: a new episode, or a restarted program.
+        """
+        if anchor or not self._servo.holding:
+            self._servo.hold(self.world.q, self.world.qd)
 
     def _watchdog_deadline_step(self) -> float:
         """The step at whose start the watchdog has expired (inf when it cannot expire)."""

@@ -55,6 +55,7 @@ class ServoInterpolator:
         self._error = np.zeros(6)
         self._tmp = np.zeros(6)
         self._landing = np.zeros(6)
+        self.holding = False  # a stop is in force: no setpoint has arrived since `hold`
 
     def command(self, q: np.ndarray, t_s: float) -> None:
         """A new setpoint `q` arrived at host time `t_s`."""
@@ -73,6 +74,7 @@ class ServoInterpolator:
             self._extrapolate_until_s = -np.inf
         self._setpoint[:] = q
         self._t_setpoint_s = t_s
+        self.holding = False
 
     def hold(self, q: np.ndarray, qd: np.ndarray) -> None:
         """Stop: from the arm's state (q, qd), decelerate at the limit and hold where it stops."""
@@ -86,6 +88,7 @@ class ServoInterpolator:
         self._setpoint_v[:] = 0.0
         self._t_setpoint_s = -np.inf
         self._extrapolate_until_s = -np.inf
+        self.holding = True
 
     def settled(self, t_s: float) -> bool:
         """The reference rests on a static setpoint: the target no longer changes per step."""

@@ -342,6 +342,28 @@ def test_stop_brakes_and_holds_and_the_next_servo_resumes() -> None:
     np.testing.assert_allclose(_q(robot), HOME + AWAY, atol=5e-3)
 
 
+def test_repeated_stops_leave_an_arm_held_against_the_table_where_it_is() -> None:
+    """The control process stops the arm more than once after a trip (servoStop, the MCU's
+    safeguard stop, close). Each stop used to re-aim the hold at the measured pose, so an arm
+    pressed into the table rose out of its contact deflection a little per stop and read as
+    moving (CI: 3e-3 rad/s after an MCU trip)."""
+    clock = FakeClock()
+    robot = SimRobot(clock=clock)
+    pressed = HOME + np.array([0.0, 0.6, 0.6, 0.0, 0.0, 0.0])  # the flange into the table
+    _servo_for(robot, clock, 1.5, pressed)
+    assert np.abs(_q(robot) - pressed).max() > 0.1  # the table holds it off its target
+    robot.stop()
+    clock.advance(0.5)
+    q_held = _q(robot)
+    robot.set_enable_input(False)
+    for _ in range(50):
+        robot.stop()
+        clock.advance(0.02)
+        _q(robot)
+    robot.close()
+    np.testing.assert_allclose(robot.world.q, q_held, atol=1e-4)
+
+
 def test_protective_stop_halts_ignores_servo_and_refuses_an_early_unlock() -> None:
     clock = FakeClock()
     robot = SimRobot(clock=clock, unlock_delay_s=0.5)
