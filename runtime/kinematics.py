@@ -1,8 +1,9 @@
-"""UR5 / UR5e forward kinematics from UR's published DH parameters, and the robots' limits.
+"""UR5 / UR5e forward kinematics from UR's published DH parameters, the robots' limits, and a
+damped-least-squares inverse.
 
-Used by the safety filter (TCP workspace box, every control cycle) and by the simulator, whose
-MJCF model is built from the same table. Real robots carry individually calibrated kinematics;
-these nominal values are what UR publishes.
+Used by the safety filter (TCP workspace box, every control cycle), by the simulator, whose MJCF
+model is built from the same table, by the scripted expert and by calibration planning. Real
+robots carry individually calibrated kinematics; these nominal values are what UR publishes.
 """
 
 from __future__ import annotations
@@ -96,3 +97,84 @@ class ForwardKinematics:
         """Flange position [x, y, z] in metres, written into `out`."""
         out[:] = self.flange_pose(q, self._pose)[:3, 3]
         return out
+
+
+class InverseKinematics:
+    """Damped least squares on position and orientation of the flange."""
+
+    def __init__(
+        self, model: RobotModel, damping: float = 1e-3, *, exact_rotation: bool = False
+    ) -> None:
+        """`exact_rotation` steers by the rotation vector (axis · angle) instead of the small-angle
+        error: slower per step, but it converges from a start far from the target orientation,
+        where the small-angle error can settle on a half-turn."""
+        self.fk = ForwardKinematics(model)
+        self.exact_rotation = exact_rotation
+        self.lo = np.asarray(model.joint_min_rad)
+        self.hi = np.asarray(model.joint_max_rad)
+        self.damping = damping
+        self._pose = np.eye(4)
+        self._probe = np.eye(4)
+
+    def _error(self, pose: np.ndarray, position: np.ndarray, rotation: np.ndarray) -> np.ndarray:
+        e_pos = position - pose[:3, 3]
+        if self.exact_rotation:
+            return np.concatenate([e_pos, rotation_vector(rotation @ pose[:3, :3].T)])
+        # Small-angle orientation error between the current and the target frame's axes.
+        e_rot = 0.5 * sum(np.cross(pose[:3, i], rotation[:3, i]) for i in range(3))
+        return np.concatenate([e_pos, e_rot])
+
+    def solve(
+        self,
+        position: np.ndarray,
+        rotation: np.ndarray,
+        seed_q: np.ndarray,
+        iterations: int = 30,
+        tolerance: float = 1e-6,
+    ) -> tuple[np.ndarray, float]:
+        """Joints placing the flange at (position, rotation), near `seed_q`; and the residual."""
+        q = np.asarray(seed_q, dtype=float).copy()
+        jac = np.zeros((6, 6))
+        eps = 1e-6
+        residual = np.inf
+        for _ in range(iterations):
+            pose = self.fk.flange_pose(q, self._pose)
+            err = self._error(pose, position, rotation)
+            residual = float(np.linalg.norm(err))
+            if residual < tolerance:
+                break
+            for j in range(6):
+                q[j] += eps
+                probe = self.fk.flange_pose(q, self._probe)
+                q[j] -= eps
+                jac[:3, j] = (probe[:3, 3] - pose[:3, 3]) / eps
+                jac[3:, j] = (self._error(probe, position, rotation) - err)[3:] / -eps
+            lam = self.damping
+            dq = jac.T @ np.linalg.solve(jac @ jac.T + lam * np.eye(6), err)
+            q += dq
+            np.clip(q, self.lo, self.hi, out=q)
+        return q, self.pose_error(q, position, rotation)
+
+    def pose_error(self, q: np.ndarray, position: np.ndarray, rotation: np.ndarray) -> float:
+        """sqrt(position error² + orientation angle²) at `q` (metres, radians). The iteration's
+        small-angle error vanishes at a half-turn too, so a converged solve can still hold the
+        flange upside down; this is the honest residual."""
+        pose = self.fk.flange_pose(q, self._pose)
+        cos = (np.trace(rotation @ pose[:3, :3].T) - 1.0) / 2.0
+        angle = math.acos(min(1.0, max(-1.0, cos)))
+        return math.hypot(float(np.linalg.norm(position - pose[:3, 3])), angle)
+
+
+def rotation_vector(R: np.ndarray) -> np.ndarray:
+    """axis · angle of rotation matrix R (the log map), angle in [0, π]."""
+    cos = min(1.0, max(-1.0, (np.trace(R) - 1.0) / 2.0))
+    angle = math.acos(cos)
+    w = np.array([R[2, 1] - R[1, 2], R[0, 2] - R[2, 0], R[1, 0] - R[0, 1]])
+    if angle < 1e-9:
+        return 0.5 * w
+    if math.pi - angle > 1e-4:
+        return w * (angle / (2.0 * math.sin(angle)))
+    # Near a half-turn sin(angle) vanishes: the axis is R + I's largest column.
+    B = R + np.eye(3)
+    axis = B[:, int(np.argmax(np.diag(B)))]
+    return axis / np.linalg.norm(axis) * angle

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgevla.runtime.kinematics import UR5E, ForwardKinematics, RobotModel
+from edgevla.runtime.kinematics import UR5E, InverseKinematics, RobotModel
 from edgevla.sim.scene import CUBE_SIZE_M
 
 # The closed fingertips lie this far beyond the flange along the tool axis (scene.py's fingers).
@@ -34,55 +34,6 @@ class ExpertConfig:
     align_tolerance_m: float = 0.01  # within this horizontally, the goal is the press height
     funnel_slope: float = 2.0  # beyond it, the goal rises 2 cm per cm of horizontal error
     gripper: float = 0.0  # closed: the two fingers form one pointer
-
-
-class InverseKinematics:
-    """Damped least squares on position and orientation of the flange."""
-
-    def __init__(self, model: RobotModel = UR5E, damping: float = 1e-3) -> None:
-        self.fk = ForwardKinematics(model)
-        self.lo = np.asarray(model.joint_min_rad)
-        self.hi = np.asarray(model.joint_max_rad)
-        self.damping = damping
-        self._pose = np.eye(4)
-        self._probe = np.eye(4)
-
-    def _error(self, pose: np.ndarray, position: np.ndarray, rotation: np.ndarray) -> np.ndarray:
-        e_pos = position - pose[:3, 3]
-        # Small-angle orientation error between the current and the target frame's axes.
-        e_rot = 0.5 * sum(np.cross(pose[:3, i], rotation[:3, i]) for i in range(3))
-        return np.concatenate([e_pos, e_rot])
-
-    def solve(
-        self,
-        position: np.ndarray,
-        rotation: np.ndarray,
-        seed_q: np.ndarray,
-        iterations: int = 30,
-        tolerance: float = 1e-6,
-    ) -> tuple[np.ndarray, float]:
-        """Joints placing the flange at (position, rotation), near `seed_q`; and the residual."""
-        q = np.asarray(seed_q, dtype=float).copy()
-        jac = np.zeros((6, 6))
-        eps = 1e-6
-        residual = np.inf
-        for _ in range(iterations):
-            pose = self.fk.flange_pose(q, self._pose)
-            err = self._error(pose, position, rotation)
-            residual = float(np.linalg.norm(err))
-            if residual < tolerance:
-                break
-            for j in range(6):
-                q[j] += eps
-                probe = self.fk.flange_pose(q, self._probe)
-                q[j] -= eps
-                jac[:3, j] = (probe[:3, 3] - pose[:3, 3]) / eps
-                jac[3:, j] = (self._error(probe, position, rotation) - err)[3:] / -eps
-            lam = self.damping
-            dq = jac.T @ np.linalg.solve(jac @ jac.T + lam * np.eye(6), err)
-            q += dq
-            np.clip(q, self.lo, self.hi, out=q)
-        return q, residual
 
 
 class TouchExpert:

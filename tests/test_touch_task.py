@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgevla.runtime.kinematics import UR5E, ForwardKinematics
+from edgevla.runtime.kinematics import UR5E, ForwardKinematics, InverseKinematics
 from edgevla.sim.demonstrations import DemoSettings, generate_demos
 from edgevla.sim.demos import (
     ARRAYS,
@@ -26,7 +26,7 @@ from edgevla.sim.demos import (
 )
 from edgevla.sim.episode import EpisodeResult, EpisodeSettings, PlanEvent, run_episode
 from edgevla.sim.evaluation import difference_interval, summarize, wilson_interval
-from edgevla.sim.expert import ExpertAgent, ExpertPlan, InverseKinematics
+from edgevla.sim.expert import ExpertAgent, ExpertPlan
 from edgevla.sim.tasks import (
     HELD_OUT_SEED_BASE,
     Episode,
