@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass, field
 
 import mujoco
 import numpy as np
@@ -55,6 +56,20 @@ CUBE_MIN_SPACING_M = 0.09  # centre to centre: a finger fits between two cubes
 MAX_REACH_M = 0.85  # UR5e's published reach, measured from the shoulder joint
 
 FINGER_MAX_HALF_GAP_M = 0.0425  # fully open gap 85 mm, like a Robotiq 2F-85
+
+
+@dataclass(frozen=True)
+class SceneExtras:
+    """Additions to the tabletop scene (calibration's board and hidden camera): MJCF fragments
+    for the asset list, the world body and the gripper body (the flange frame), the files the
+    assets name, and the smallest offscreen buffer the extras render into."""
+
+    assets: str = ""
+    world: str = ""
+    gripper: str = ""
+    files: dict[str, bytes] = field(default_factory=dict, hash=False, compare=False)
+    buffer: tuple[int, int] = (0, 0)
+
 
 # UR5e link masses as published by UR (kg).
 _LINK_MASS_KG = (3.761, 8.058, 2.846, 1.37, 1.3, 0.365)
@@ -117,7 +132,7 @@ def cube_layout(seed: int, robot: RobotModel = UR5E) -> dict[str, tuple[float, f
     return placed
 
 
-def _arm_xml(robot: RobotModel) -> str:
+def _arm_xml(robot: RobotModel, gripper_extra: str = "") -> str:
     """Nested bodies, one per DH row: body i turns about its z; row i places body i+1."""
     lo, hi = robot.joint_min_rad, robot.joint_max_rad
     opening = "\n"
@@ -148,7 +163,7 @@ def _arm_xml(robot: RobotModel) -> str:
         f' quat="{_f(_quat_rx(robot.alpha[5]))}" size="0.005"/>\n'
         f'{pad}<body name="gripper" pos="{_f(flange)}" quat="{_f(_quat_rx(robot.alpha[5]))}"'
         ' gravcomp="1">\n'
-        f"{_gripper_xml(pad + indent)}"
+        f"{_gripper_xml(pad + indent)}{gripper_extra}"
         f"{pad}</body>\n"
     )
     return opening + closing
@@ -231,15 +246,17 @@ def _actuators_xml(robot: RobotModel, kp: tuple[float, ...]) -> str:
     return out
 
 
-def build_scene_xml(robot: RobotModel = UR5E, seed: int = 0, image_size: int = 96) -> str:
+def build_scene_xml(
+    robot: RobotModel = UR5E, seed: int = 0, image_size: int = 96, extras: SceneExtras | None = None
+) -> str:
     """The whole scene as an MJCF string; `seed` places the cubes, `image_size` sizes buffers."""
-    return _scene_xml(robot, seed, image_size, _servo_kp(robot))
+    return _scene_xml(robot, seed, image_size, _servo_kp(robot), extras or SceneExtras())
 
 
 @functools.lru_cache(maxsize=8)
 def _servo_kp(robot: RobotModel) -> tuple[float, ...]:
     """kp = I·ω² from the compiled arm's joint-space inertia at the zero pose (arm stretched)."""
-    model = mujoco.MjModel.from_xml_string(_scene_xml(robot, 0, 64, (1.0,) * 6))
+    model = mujoco.MjModel.from_xml_string(_scene_xml(robot, 0, 64, (1.0,) * 6, SceneExtras()))
     data = mujoco.MjData(model)
     mujoco.mj_forward(model, data)
     omega = 2.0 * math.pi * SERVO_BANDWIDTH_HZ
@@ -249,15 +266,18 @@ def _servo_kp(robot: RobotModel) -> tuple[float, ...]:
     return tuple(float(inertia[dof, dof]) * omega**2 for dof in dofs)
 
 
-def _scene_xml(robot: RobotModel, seed: int, image_size: int, kp: tuple[float, ...]) -> str:
+def _scene_xml(
+    robot: RobotModel, seed: int, image_size: int, kp: tuple[float, ...], extras: SceneExtras
+) -> str:
     scene_cam = np.array([-1.05, -0.75, 0.75])
     cam_x, cam_y = _look_at(scene_cam, np.array([-0.3, -0.06, 0.18]), np.array([0.0, 0.0, 1.0]))
-    buffer = max(int(image_size), 64)
+    width = max(int(image_size), 64, extras.buffer[0])
+    height = max(int(image_size), 64, extras.buffer[1])
     return f"""<mujoco model="edgevla_{robot.name}_tabletop">
   <compiler angle="radian" autolimits="true"/>
   <option timestep="{robot.period_s:.9g}" integrator="implicitfast"/>
   <visual>
-    <global offwidth="{buffer}" offheight="{buffer}"/>
+    <global offwidth="{width}" offheight="{height}"/>
     <quality shadowsize="1024"/>
     <headlight ambient="0.35 0.35 0.35" diffuse="0.4 0.4 0.4" specular="0 0 0"/>
   </visual>
@@ -275,7 +295,7 @@ def _scene_xml(robot: RobotModel, seed: int, image_size: int, kp: tuple[float, .
     <material name="arm" rgba="0.72 0.75 0.78 1"/>
     <material name="gripper" rgba="0.18 0.18 0.20 1"/>
     <material name="finger" rgba="0.30 0.30 0.33 1"/>
-  </asset>
+{extras.assets}  </asset>
   <worldbody>
     <light name="key" pos="-0.6 -0.4 2.2" dir="0.2 0.1 -1" diffuse="0.7 0.7 0.7"
       castshadow="true"/>
@@ -289,7 +309,7 @@ def _scene_xml(robot: RobotModel, seed: int, image_size: int, kp: tuple[float, .
       contype="0" conaffinity="0"/>
     <camera name="{SCENE_CAMERA}" pos="{_f(scene_cam)}" xyaxes="{_f(cam_x)} {_f(cam_y)}"
       fovy="55"/>
-{_arm_xml(robot)}{_cubes_xml(seed, robot)}  </worldbody>
+{extras.world}{_arm_xml(robot, extras.gripper)}{_cubes_xml(seed, robot)}  </worldbody>
   <equality>
     <joint joint1="{GRIPPER_JOINTS[1]}" joint2="{GRIPPER_JOINTS[0]}" polycoef="0 1 0 0 0"/>
   </equality>

@@ -21,6 +21,7 @@ from edgevla.sim.scene import (
     GRIPPER_ACTUATOR,
     GRIPPER_JOINTS,
     HOME_Q,
+    SceneExtras,
     build_scene_xml,
     cube_names,
 )
@@ -37,11 +38,18 @@ def _contiguous(indices: Sequence[int], what: str) -> slice:
 class SimWorld:
     """MjModel + MjData of the tabletop scene and where the arm, gripper and cubes live in them."""
 
-    def __init__(self, seed: int = 0, image_size: int = 96, robot: RobotModel = UR5E) -> None:
+    def __init__(
+        self,
+        seed: int = 0,
+        image_size: int = 96,
+        robot: RobotModel = UR5E,
+        extras: SceneExtras | None = None,
+    ) -> None:
         self.seed = seed
         self.robot = robot
-        self.xml = build_scene_xml(robot, seed=seed, image_size=image_size)
-        self.model = mujoco.MjModel.from_xml_string(self.xml)
+        self.xml = build_scene_xml(robot, seed=seed, image_size=image_size, extras=extras)
+        files = extras.files if extras is not None else {}
+        self.model = mujoco.MjModel.from_xml_string(self.xml, files)
         self.data = mujoco.MjData(self.model)
         m = self.model
 
