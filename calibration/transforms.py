@@ -52,3 +52,14 @@ def mean_rotation(rotations: list[np.ndarray]) -> np.ndarray:
     """The chordal L2 mean: the rotation nearest the sum of the matrices."""
     U, _, Vt = np.linalg.svd(np.sum(rotations, axis=0))
     return U @ np.diag([1.0, 1.0, np.linalg.det(U @ Vt)]) @ Vt
+
+
+def look_at(eye: np.ndarray, target: np.ndarray, roll_deg: float = 0.0) -> np.ndarray:
+    """An OpenCV-convention camera pose (z forward, y down) at `eye` looking at `target`."""
+    eye = np.asarray(eye, dtype=float)
+    z = np.asarray(target, dtype=float) - eye
+    z /= np.linalg.norm(z)
+    x = np.cross(z, [0.0, 0.0, 1.0])  # image x horizontal: the world's up is image up
+    x /= np.linalg.norm(x)
+    y = np.cross(z, x)
+    return make_T(np.column_stack([x, y, z]) @ rotation([0, 0, 1], roll_deg), eye)
