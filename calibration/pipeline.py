@@ -2,8 +2,8 @@
 
 A dataset is a folder: `dataset.json` (mode, board, camera identity and intrinsics, and for each
 view its image file and the robot's `T_base_gripper`) and the images. `calib capture` writes one
-from a robot (not built yet); `calib selftest` writes one from the synthetic cell, with the true
-answer kept apart, and then runs the same `solve_dataset` a technician's data go through.
+from a robot (`capture.py`, the MuJoCo cell's or a real one); `write_synthetic_dataset` writes one
+from the pinhole cell, with the true answer kept apart. Both go through the same `solve_dataset`.
 """
 
 from __future__ import annotations
