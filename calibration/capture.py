@@ -27,6 +27,7 @@ import numpy as np
 
 from edgevla.calibration.board import BoardSpec, BoardView, observe
 from edgevla.calibration.handeye import Thresholds
+from edgevla.calibration.pipeline import camera_matrix, intrinsics_dict
 from edgevla.calibration.plan import Plan, diversity
 from edgevla.runtime.config import LimitsConfig
 from edgevla.runtime.devices import Camera, CameraIntrinsics, RobotState, SafetyMode
@@ -63,23 +64,6 @@ class ViewRecord:
     rms_px: float
 
 
-def intrinsics_dict(i: CameraIntrinsics) -> dict[str, Any]:
-    return {
-        "width": i.width,
-        "height": i.height,
-        "fx": i.fx,
-        "fy": i.fy,
-        "ppx": i.ppx,
-        "ppy": i.ppy,
-        "model": i.model,
-        "coeffs": list(i.coeffs),
-    }
-
-
-def camera_matrix(i: CameraIntrinsics) -> np.ndarray:
-    return np.array([[i.fx, 0.0, i.ppx], [0.0, i.fy, i.ppy], [0.0, 0.0, 1.0]])
-
-
 class Capture:
     """One capture session on a connected robot and a started camera."""
 
@@ -107,7 +91,7 @@ class Capture:
             ForwardKinematics(model),
         )
         self.fk = ForwardKinematics(model)
-        self.K = camera_matrix(intrinsics)
+        self.K = camera_matrix(intrinsics.fx, intrinsics.fy, intrinsics.ppx, intrinsics.ppy)
         self.dist = np.asarray(intrinsics.coeffs, dtype=float)
         self.state = RobotState()
         self._anchored = False

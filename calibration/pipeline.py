@@ -29,19 +29,20 @@ from edgevla.calibration.handeye import (
 )
 from edgevla.calibration.synthetic import Camera, default_scene, plan_poses, render
 from edgevla.calibration.transforms import difference, inv, make_T, mean_rotation
+from edgevla.runtime.devices import CameraIntrinsics
 
 
-def _intrinsics_dict(cam: Camera) -> dict[str, Any]:
-    K = cam.K
+def intrinsics_dict(i: CameraIntrinsics) -> dict[str, Any]:
+    """The dataset's and the calibration file's `intrinsics`."""
     return {
-        "width": cam.width,
-        "height": cam.height,
-        "fx": K[0, 0],
-        "fy": K[1, 1],
-        "ppx": K[0, 2],
-        "ppy": K[1, 2],
-        "model": "none",
-        "coeffs": [0.0] * 5,
+        "width": i.width,
+        "height": i.height,
+        "fx": i.fx,
+        "fy": i.fy,
+        "ppx": i.ppx,
+        "ppy": i.ppy,
+        "model": i.model,
+        "coeffs": list(i.coeffs),
     }
 
 
@@ -77,7 +78,9 @@ def write_synthetic_dataset(
             "height": cam.height,
         },
         "robot": {"model": "ur5e", "serial": "SIM"},
-        "intrinsics": _intrinsics_dict(cam),
+        "intrinsics": intrinsics_dict(
+            CameraIntrinsics(cam.width, cam.height, cam.fx, cam.fy, *cam.K[:2, 2])
+        ),
         "views": records,
     }
     (out / "dataset.json").write_text(json.dumps(meta, indent=1) + "\n")
