@@ -1,5 +1,6 @@
 """The supervisor: owns shared memory, starts the control and policy processes, injects faults,
-shows a live view, stops the robot on SIGINT/SIGTERM, and writes the run report.
+shows a live view, tells systemd how the run is (when it runs as a service), stops the robot on
+SIGINT/SIGTERM, and writes the run report.
 
 Processes are spawned (not forked) so neither child inherits the other's threads or libraries:
 the control process never loads onnxruntime.
@@ -29,6 +30,8 @@ from edgevla.runtime.control import ControlState
 from edgevla.runtime.faults import Fault
 from edgevla.runtime.policy_process import COLD_START_PLANS, EXIT_DEVICE_FAILED
 from edgevla.runtime.safety_filter import Trip
+from edgevla.runtime.sd_notify import Notifier
+from edgevla.runtime.service_health import HealthMonitor, ServiceReporter
 from edgevla.runtime.shm import RECORD_COLUMNS, Layout, SeqLock
 
 log = logging.getLogger("edgevla.supervisor")
@@ -116,6 +119,12 @@ class Supervisor:
         self.injected: list[dict[str, Any]] = []
         self.task = self._task_monitor()
         self._world_lock = SeqLock(self.blocks["world"])
+        # Under systemd (Type=notify): READY, WATCHDOG, STATUS, STOPPING. Silent otherwise.
+        self.service = ServiceReporter(
+            Notifier(),
+            HealthMonitor(self.ctrl, self.pol, config.policy.system2_rate_hz),
+            config.policy.system1_enabled,
+        )
 
     def _task_monitor(self):  # -> sim.tasks.TaskMonitor | None
         """On the simulated robot, judge the task the instruction names (touch the X cube)."""
@@ -167,6 +176,15 @@ class Supervisor:
     def policy_pid(self) -> int | None:
         return self.policy.pid
 
+    def inject(self, fault: Fault) -> None:
+        """Inject a fault now (the `--inject` schedule calls this; so may another thread: it
+        writes two shared-memory words and appends to a list)."""
+        now = time.monotonic() - self.t0
+        self.cmd.fault_t[0] = time.monotonic()
+        self.cmd.fault[0] = int(fault)
+        self.injected.append({"fault": fault.label, "t_s": round(now, 3)})
+        log.warning("injecting %s at t=%.2f s", fault.label, now)
+
     def run(self, plot_path: Path | None = None) -> dict[str, Any]:
         old = {s: signal.signal(s, self._request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
@@ -197,11 +215,7 @@ class Supervisor:
                 if self.options.duration_s is not None and now >= self.options.duration_s:
                     break
                 while pending and now >= pending[0][1]:
-                    fault, _ = pending.pop(0)
-                    self.cmd.fault_t[0] = time.monotonic()
-                    self.cmd.fault[0] = int(fault)
-                    self.injected.append({"fault": fault.label, "t_s": round(now, 3)})
-                    log.warning("injecting %s at t=%.2f s", fault.label, now)
+                    self.inject(pending.pop(0)[0])
                 if self._policy_exit is None and not self.policy.is_alive():
                     self._policy_exit = self.policy.exitcode
                     self.cmd.policy_exited[0] = 1
@@ -214,6 +228,7 @@ class Supervisor:
                 if not self.control.is_alive():
                     log.error("control process ended (exit code %s)", self.control.exitcode)
                     break
+                self.service.update(policy_alive=self._policy_exit is None)
                 if self.task is not None and int(self.ctrl.cycle[0]) > 0:
                     self.task.poll(self._read_world, now)
                 view.update()
@@ -221,6 +236,7 @@ class Supervisor:
 
     def _shutdown(self) -> None:
         self.cmd.shutdown[0] = 1
+        self.service.status("stopping the robot")
         deadline = time.monotonic() + _STOP_GRACE_S
         while self.control.is_alive() and time.monotonic() < deadline:
             if self._policy_exit is None and not self.policy.is_alive():
@@ -235,6 +251,8 @@ class Supervisor:
             )
             self.control.kill()
         self.control.join(2.0)
+        # The control process has ended: the arm is at rest, or its own watchdog halts it.
+        self.service.stopping(self._stop_summary())
         self.policy.join(2.0)
         if self.policy.is_alive():
             self.policy.terminate()
@@ -244,6 +262,16 @@ class Supervisor:
             self.policy.join(1.0)
         if self._policy_exit is None:
             self._policy_exit = self.policy.exitcode
+
+    def _stop_summary(self) -> str:
+        """How the control process ended, for systemd's STATUS."""
+        state = ControlState(int(self.ctrl.state[0])).name.lower()
+        code = self.control.exitcode
+        if code == 0:
+            return f"robot stopped (control {state})"
+        if code == -signal.SIGKILL:
+            return "control process killed; the robot-side watchdog stops the arm"
+        return f"control process ended with exit code {code} (control {state})"
 
     # ------------------------------------------------------------------ report
 
