@@ -337,6 +337,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         out.print(f"plot: {plot_path}")
     if report["safety"]["limit_violations"] or not report["final"]["robot_stopped"]:
         return 1
+    if report["control_process"]["exit_code"] != 0:
+        # A device that would not connect (the robot still booting, say) or a crash: not a
+        # success, and unlike a refused config, worth a restart under systemd.
+        return 4
     faults = [t for t in report["trips"] if t["cause"] != "operator-stop"]
     return 3 if faults else 0
 
@@ -459,7 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="edgevla",
         description="Export, verify and run dual-system VLA robot policies on the robot computer.",
         epilog="Exit codes: 0 success, 1 refused or failed, 2 bad usage, 3 run ended in a trip "
-        "(robot stopped safely).",
+        "(robot stopped safely), 4 the control process failed (a device did not connect).",
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -622,11 +626,13 @@ def build_parser() -> argparse.ArgumentParser:
     from edgevla.cli_calib import register as register_calib
     from edgevla.cli_camera import register as register_camera
     from edgevla.cli_learning import register
+    from edgevla.cli_service import register as register_service
 
     register(sub, add, group)
     register_camera(sub, add, group)
     register_bridge(sub, add, group)
     register_calib(sub, add, group)
+    register_service(sub, add, group)
 
     p = add(
         "demo",

@@ -377,6 +377,7 @@ class Supervisor:
                 "robot_stopped": final_speed < _STOPPED_RAD_S,
             },
             "policy_process": {"pid": self.policy.pid, "exit_code": self._policy_exit},
+            "control_process": {"pid": self.control.pid, "exit_code": self.control.exitcode},
             "task": None if self.task is None else self.task.report(),
         }
         self._rec = rec
