@@ -19,9 +19,9 @@ EDGEVLA     := $(VENV)/bin/edgevla
 setup: $(STAMP)
 
 # Debian packages: OSMesa lets MuJoCo render on a CPU; pyrealsense2 links libusb; the tests build
-# the reference safety-MCU firmware with the system C compiler. Installed when run as root, else
-# checked.
-DEBS := libosmesa6 libusb-1.0-0 gcc libc6-dev
+# the reference safety-MCU firmware with the system C compiler and check the systemd unit with
+# systemd-analyze (package systemd; it need not run). Installed when run as root, else checked.
+DEBS := libosmesa6 libusb-1.0-0 gcc libc6-dev systemd
 
 $(STAMP): pyproject.toml Makefile
 	@if [ "$$(id -u)" = 0 ]; then \

@@ -13,6 +13,7 @@ import edgevla.cameras
 import edgevla.firmware_bridge
 import edgevla.robots
 import edgevla.runtime
+import edgevla.systemd
 
 # Any attempt to import torch fails loudly and is remembered, even if the caller catches it.
 _GUARD = """
@@ -41,10 +42,19 @@ def test_every_runtime_module_imports_without_torch() -> None:
     assert "edgevla.runtime.system2" in names and "edgevla.runtime.backend" in names
     # The device drivers run on the robot too (the RealSense recorder imports the simulator
     # only inside the function that renders).
-    for package in (edgevla.cameras, edgevla.robots, edgevla.firmware_bridge, edgevla.calibration):
+    # So does the service's side (the safe stop runs after every exit of the service).
+    packages = (
+        edgevla.cameras,
+        edgevla.robots,
+        edgevla.firmware_bridge,
+        edgevla.calibration,
+        edgevla.systemd,
+    )
+    for package in packages:
         prefix = package.__name__ + "."
         names += [m.name for m in pkgutil.walk_packages(package.__path__, prefix)]
     assert "edgevla.cameras.realsense.camera" in names
+    assert "edgevla.systemd.safe_stop" in names and "edgevla.runtime.sd_notify" in names
     result = _run(
         "import importlib\n"
         + "".join(f"importlib.import_module({n!r})\n" for n in names)
