@@ -65,6 +65,8 @@ class WatchdogConfig(_Section):
     # Shortest of the policy deadlines, so a stopped or dead process is named as such.
     policy_heartbeat_timeout_s: float = 0.15
     robot_watchdog_min_hz: float = 50.0  # robot-side: the arm stops itself if we go silent
+    # A robot reading older than this (delayed or stalled RTDE data, connection still up): trip.
+    robot_state_max_age_s: float = 0.1
     startup_timeout_s: float = 120.0  # policy must be ready (bundle loaded, first plan) by then
 
 
@@ -295,6 +297,7 @@ def validate(config: RuntimeConfig, source: str = "config") -> RuntimeConfig:
         "mcu_heartbeat_timeout_s",
         "policy_heartbeat_timeout_s",
         "robot_watchdog_min_hz",
+        "robot_state_max_age_s",
         "startup_timeout_s",
     ):
         _check(getattr(wd, key) > 0, f"watchdog.{key}", "must be > 0", source)

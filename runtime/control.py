@@ -200,6 +200,10 @@ class ControlLoop:
             return Trip.ROBOT_SAFETY_STOP, nan
         if not self.state.program_running:
             return Trip.ROBOT_PROGRAM_STOPPED, nan  # e.g. the robot-side watchdog expired
+        if self.state.age_s > self.wd.robot_state_max_age_s:
+            # Readings that old describe an arm that has moved on; the stop still goes out (the
+            # command link is separate) and is computed from our own commanded state.
+            return Trip.ROBOT_STATE_STALE, now - (self.state.age_s - self.wd.robot_state_max_age_s)
         mcu_deadline = self.mcu_status.t_last_heartbeat_s + self.wd.mcu_heartbeat_timeout_s
         if now > mcu_deadline:
             return Trip.MCU_HEARTBEAT, mcu_deadline

@@ -56,6 +56,9 @@ class RobotState:
     gripper: float = 0.0  # opening, 0 closed .. 1 open
     safety_mode: int = SafetyMode.NORMAL
     program_running: bool = True
+    # How much older than usual the reading is: the controller's sample time against the host's
+    # clock, less the link's best latency (0 where the robot is read directly, as in the sim).
+    age_s: float = 0.0
 
 
 class Robot(Protocol):

@@ -54,6 +54,7 @@ class Trip(IntEnum):
     FILTER_FAULT = 17  # the filter computed a non-finite command (never with validated limits)
     BAD_TRAJECTORY = 18  # the committed trajectory is malformed (count, times)
     CONTROL_FAULT = 19  # an exception inside the control cycle
+    ROBOT_STATE_STALE = 20  # the robot's readings arrive late (delayed or stalled data)
 
     @property
     def label(self) -> str:

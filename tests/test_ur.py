@@ -16,6 +16,7 @@ rtde_control = pytest.importorskip("rtde_control", reason="ur_rtde is not instal
 rtde_receive = pytest.importorskip("rtde_receive", reason="ur_rtde is not installed")
 
 from edgevla.robots.ur.driver import (  # noqa: E402
+    SampleAge,
     URConfig,
     URConnectError,
     URRecoveryError,
@@ -139,6 +140,42 @@ def test_protective_stop_is_reported_and_recovered_only_after_the_delay(
     robot.recover()
     robot.read_state(state)
     assert state.safety_mode == SafetyMode.NORMAL and state.program_running
+
+
+def _age_after(robot: URRobot, seconds: float) -> float:
+    """Read at 500 Hz for `seconds`; the state's age at the end."""
+    state = RobotState()
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        robot.read_state(state)
+        time.sleep(0.002)
+    return state.age_s
+
+
+def test_delayed_or_stalled_data_shows_as_the_states_age(
+    robot: URRobot, emulator: EmulatorProcess
+) -> None:
+    """ur_rtde hands over its newest package without saying when it came: delayed packages
+    (connection up, data late) and a stall shorter than its 2.5 s deadline are seen only through
+    the age the driver derives from the controller's timestamps."""
+    assert _age_after(robot, 0.5) < 0.02
+    emulator.call("delay_packets", 0.1)
+    assert 0.07 < _age_after(robot, 0.6) < 0.5
+    emulator.call("delay_packets", 0.0)
+    assert _age_after(robot, 0.6) < 0.02
+    emulator.call("stall_data", True)
+    assert _age_after(robot, 0.4) > 0.3
+    emulator.call("stall_data", False)
+    assert _age_after(robot, 0.4) < 0.02
+
+
+def test_the_sample_age_follows_clock_drift_but_not_a_delay() -> None:
+    age = SampleAge()
+    # The controller's clock runs 50 ppm slow against the host's: over an hour its samples
+    # would seem 0.18 s older without the drift allowance.
+    ages = [age.update(t, 100.0 + t * (1 - 50e-6)) for t in np.arange(0.0, 3600.0, 0.5)]
+    assert max(ages) < 1e-3
+    assert age.update(3600.5, 100.0 + 3600.5 * (1 - 50e-6) - 0.05) == pytest.approx(0.05, abs=1e-3)
 
 
 def test_close_stops_the_script(emulator: EmulatorProcess) -> None:

@@ -50,7 +50,9 @@ def ur_config(bundle: Path):
         # it at 10 Hz for that). Here the emulator is a process on the same two cores as the
         # SCHED_FIFO control process and the policy: starved of CPU, it was seen to judge a kick
         # gap over 100 ms that the control process never made. 2 Hz keeps it armed.
-        "watchdog": {"robot_watchdog_min_hz": 2.0},
+        # Likewise its data packages were seen to arrive up to ~0.2 s late under that load: the
+        # stale-state trip (0.1 s by default) is judged at 0.5 s here, and tested with 1.5 s.
+        "watchdog": {"robot_watchdog_min_hz": 2.0, "robot_state_max_age_s": 0.5},
     }
     return config_from_dict(raw, "test")
 
@@ -99,15 +101,18 @@ def test_run_drives_the_emulated_arm_through_ur_rtde(trained_bundle: Path, fresh
 @pytest.mark.parametrize(
     ("inject", "cause"),
     [
-        ("protective_stop", "robot-protective-stop"),
-        ("drop_connections", "robot-disconnected"),
+        (("protective_stop",), "robot-protective-stop"),
+        (("drop_connections",), "robot-disconnected"),
+        # Connection up, every data package 1.5 s late: only the readings' age shows it.
+        (("delay_packets", 1.5), "robot-state-stale"),
     ],
+    ids=["protective_stop", "drop_connections", "delay_packets"],
 )
 def test_robot_faults_on_the_controller_stop_the_run_safely(
-    trained_bundle: Path, fresh, inject: str, cause: str
+    trained_bundle: Path, fresh, inject: tuple, cause: str
 ) -> None:
     emulator = fresh
-    timer = threading.Timer(FAULT_AT_S + 1.0, emulator.call, args=(inject,))
+    timer = threading.Timer(FAULT_AT_S + 1.0, emulator.call, args=inject)
     timer.start()  # the run takes about a second to start
     try:
         options = RunOptions(duration_s=FAULT_AT_S + 3.0, live=False)
@@ -115,6 +120,9 @@ def test_robot_faults_on_the_controller_stop_the_run_safely(
     finally:
         timer.cancel()
     _safe_end(report, cause)
+    if cause == "robot-state-stale":
+        emulator.call("delay_packets", 0.0)
+        assert _arm_at_rest(emulator)  # our controlled stop went out over the command link
 
 
 def test_a_policy_hang_stops_the_ur_safely(trained_bundle: Path, fresh) -> None:

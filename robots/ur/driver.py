@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import math
 import re
 import time
 from collections.abc import Callable
@@ -95,6 +96,32 @@ def _connect_hint(host: str, exc: BaseException) -> str:
     )
 
 
+class SampleAge:
+    """How much older than usual each RTDE sample is when it is read.
+
+    ur_rtde hands over the newest package it has; it does not say when it arrived. The package's
+    `timestamp` is the controller's clock at the sample, so host time minus it is the link's
+    latency plus a constant offset between the clocks. The smallest value seen is the healthy
+    link; the excess over it is the age. The smallest value may creep up by 100 µs per second,
+    so that a controller clock slower than the host's (tens of ppm) is not read as growing age,
+    while a packet delay of milliseconds shows at once.
+    """
+
+    DRIFT_S_PER_S = 1e-4
+
+    def __init__(self) -> None:
+        self._best = math.inf
+        self._t_last = math.nan
+
+    def update(self, host_s: float, controller_s: float) -> float:
+        offset = host_s - controller_s
+        if math.isfinite(self._best):
+            self._best += self.DRIFT_S_PER_S * max(host_s - self._t_last, 0.0)
+        self._best = min(self._best, offset)
+        self._t_last = host_s
+        return offset - self._best
+
+
 class URRobot:
     """One UR arm over ur_rtde (import of `rtde_control`/`rtde_receive` happens on connect)."""
 
@@ -116,6 +143,7 @@ class URRobot:
         self._lost = False  # the connection dropped: see reconnect
         self.speed_scaling = 1.0  # the controller's speed scaling, as last read
         self._accepts_setpoints = False  # program running and safety normal, as last read
+        self._age = SampleAge()
 
     # ------------------------------------------------------------------ connection
 
@@ -163,6 +191,7 @@ class URRobot:
         self._dashboard = dashboard
         self.period_s = 1.0 / controller_frequency(dashboard.polyscopeVersion())
         self._receive = rtde_receive.RTDEReceiveInterface(host)
+        self._age = SampleAge()
         self._control = rtde_control.RTDEControlInterface(host)
         if not self._control.isProgramRunning():
             raise URConnectError("the control script did not start on the controller")
@@ -221,6 +250,7 @@ class URRobot:
     def read_state(self, out: RobotState) -> None:
         _control, receive = self._require()
         out.t_s = self._clock()
+        out.age_s = self._age.update(out.t_s, float(receive.getTimestamp()))
         out.q[:] = receive.getActualQ()
         out.qd[:] = receive.getActualQd()
         out.gripper = self._gripper
