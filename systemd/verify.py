@@ -70,20 +70,30 @@ def analyze_verify(unit: Path) -> Check:
     return Check(name, True, "no warnings")
 
 
-def exposure_score(unit: Path) -> float | None:
-    """`systemd-analyze security --offline=yes`'s overall exposure (0 safe … 10 unsafe)."""
+def exposure_score(unit: Path) -> tuple[float | None, str]:
+    """`systemd-analyze security --offline=yes`'s overall exposure (0 safe … 10 unsafe), and
+    what the tool said when it gave none."""
     result = _analyze("security", "--offline=yes", str(unit))
     match = _EXPOSURE.search(result.stdout + result.stderr)
-    return float(match.group(1)) if match else None
+    return (float(match.group(1)) if match else None), result.stderr.strip()
 
 
 def analyze_security(unit: Path) -> Check:
     name = "systemd-analyze security"
     if systemd_analyze() is None:
         return Check(name, False, "systemd-analyze not found (Debian: apt-get install systemd)")
-    score = exposure_score(unit)
+    score, said = exposure_score(unit)
     if score is None:
-        return Check(name, False, "no exposure score in its output")
+        if "unrecognized option" in said:
+            # systemd < 250 (JetPack 5 and 6 ship 245 and 249) scores loaded units only.
+            return Check(
+                name,
+                None,
+                "this systemd cannot score a unit file (--offline needs 250+): check it on a "
+                "newer machine (`edgevla service verify --root DIR`) or run "
+                "`systemd-analyze security edgevla.service` once it is loaded",
+            )
+        return Check(name, False, f"no exposure score ({said or 'no output'})")
     verdict = "at or below" if score <= EXPOSURE_THRESHOLD else "ABOVE"
     return Check(
         name, score <= EXPOSURE_THRESHOLD, f"exposure {score} {verdict} {EXPOSURE_THRESHOLD}"
