@@ -83,10 +83,17 @@ def cmd_export(args: argparse.Namespace) -> int:
             demos = load_demos(Path(args.calibration))
             calibration = calibration_inputs(policy, demos)
             if args.steering:
-                from edgevla.export.steering import speed_direction
+                from edgevla.export.steering import (
+                    pace_direction,
+                    speed_direction,
+                    trained_on_paces,
+                )
 
                 status.update("finding steering direction 'speed'")
                 steering.append(speed_direction(policy, demos))
+                if trained_on_paces(policy):
+                    status.update("finding steering direction 'pace'")
+                    steering.append(pace_direction(policy, demos))
         manifest = export_bundle(
             policy,
             Path(args.out),

@@ -80,7 +80,8 @@ def cmd_demos_generate(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"demonstration seeds must stay below {HELD_OUT_SEED_BASE} (held out for evaluation)"
         )
-    settings = DemoSettings(chunk_len=args.chunk_len, image_size=args.image_size)
+    paces = tuple(w for w in args.paces.split(",") if w) if args.paces else ()
+    settings = DemoSettings(chunk_len=args.chunk_len, image_size=args.image_size, paces=paces)
     start = time.perf_counter()
     with _progress(err) as progress:
         task = progress.add_task("expert episodes", total=args.episodes, info="")
@@ -158,7 +159,7 @@ def cmd_train_policy(args: argparse.Namespace) -> int:
     import torch
 
     from edgevla.cli import err, out
-    from edgevla.export.checkpoint import init_policy, save_checkpoint
+    from edgevla.export.checkpoint import init_policy, load_checkpoint, save_checkpoint
     from edgevla.export.configs import get_config
     from edgevla.export.training import TrainConfig, train_policy
     from edgevla.sim.demos import concat_demos, load_demos
@@ -166,7 +167,11 @@ def cmd_train_policy(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     demos = concat_demos([load_demos(Path(path)) for path in args.demos])
-    policy = init_policy(get_config(args.config), args.seed)
+    if args.init:
+        # Fine-tuning: the checkpoint's weights (its critics too) are the start; its config wins.
+        policy = load_checkpoint(Path(args.init))
+    else:
+        policy = init_policy(get_config(args.config), args.seed)
     model = policy.config
     if demos.images.shape[1:] != (model.num_cameras, model.image_size, model.image_size, 3):
         raise ConfigError(
@@ -183,6 +188,13 @@ def cmd_train_policy(args: argparse.Namespace) -> int:
         batch_size=args.batch_size or TrainConfig.batch_size,
         seed=args.seed,
         image_shift_px=args.image_shift_px,
+        **({"lr": args.lr} if args.lr else {}),
+        **({"system1_steps": args.system1_steps} if args.system1_steps else {}),
+        **(
+            {"warmup_steps": min(TrainConfig.warmup_steps, args.steps // 10)}
+            if args.init and args.steps
+            else {}
+        ),
     )
     grounding = None
     if not args.no_grounding:
@@ -210,6 +222,12 @@ def cmd_train_policy(args: argparse.Namespace) -> int:
         )
     trained.origin["source"] = "edgevla train policy"
     trained.origin["demos"] = [str(path) for path in args.demos]
+    if args.init:
+        trained.origin["fine_tuned_from"] = {
+            "checkpoint": args.init,
+            "note": "System 2 fine-tuned and System 1 retrained here; the value critics are "
+            "the start checkpoint's, not retrained",
+        }
     trained.origin["behaviour_cloning"]["command"] = _command_line()
     trained.origin["behaviour_cloning"]["demos_meta"] = _demos_meta(demos)
     trained.origin["system1_training"]["command"] = _command_line()
@@ -525,6 +543,12 @@ def register(sub, add, group) -> None:
     p.add_argument("--workers", type=int, default=2, metavar="W", help="processes")
     p.add_argument("--chunk-len", type=int, default=8, metavar="H")
     p.add_argument("--image-size", type=int, default=32, metavar="PX")
+    p.add_argument(
+        "--paces",
+        metavar="WORDS",
+        help="comma-separated pace words (slowly, quickly): each episode draws one, adds it to "
+        "its instruction and runs the expert at that pace (data for speed steering)",
+    )
     p = add(
         "dagger",
         cmd_demos_dagger,
@@ -556,8 +580,15 @@ def register(sub, add, group) -> None:
         help="demonstration sets (several are combined: demonstrations plus DAgger rows)",
     )
     p.add_argument("--config", default="tiny", help="named model config")
+    p.add_argument(
+        "--init",
+        metavar="CHECKPOINT",
+        help="fine-tune: start from this checkpoint's weights (its config; --config is ignored)",
+    )
     p.add_argument("--out", required=True, metavar="CHECKPOINT")
     p.add_argument("--steps", type=int, metavar="N", help="optimizer steps (default: TrainConfig)")
+    p.add_argument("--lr", type=float, metavar="LR", help="peak learning rate (default 1e-3)")
+    p.add_argument("--system1-steps", type=int, metavar="N", help="System 1 steps (default 4000)")
     p.add_argument("--batch-size", type=int, metavar="B")
     p.add_argument("--seed", type=int, default=0, help="initialisation and batch order")
     p.add_argument(

@@ -1,5 +1,11 @@
 """Steering directions found from the model's own activations (export side).
 
+`pace`: contrastive instructions (the steering paper's and CAA's method). The same observations
+are run with the instruction ending in "quickly" and in "slowly"; the direction of layer l is the
+mean difference of its input (averaged over the valid tokens). It only means something for a
+policy that learned those words (paced demonstrations, `edgevla demos generate --paces`); the
+observations are the same in both halves, so the direction carries the words' effect alone.
+
 `speed`: the contrast of the prefix's residual stream between moments where the expert moved
 fast and moments where it moved slowly. For each calibration row, the input of every prefix
 layer is averaged over the valid tokens; the direction of layer l is the mean over the fastest
@@ -19,7 +25,8 @@ from edgevla.export.pruning import calibration_inputs
 from edgevla.runtime.errors import InvalidSetting
 from edgevla.runtime.manifest import SteeringDirection
 
-DIRECTIONS = ("speed",)
+DIRECTIONS = ("speed", "pace")
+PACE_WORDS = ("quickly", "slowly")  # (faster, slower)
 
 
 def chunk_speed(state: np.ndarray, actions: np.ndarray, step_period_s: float) -> np.ndarray:
@@ -72,4 +79,50 @@ def speed_direction(
             "fast_mean_rad_s": round(float(speed[fast].mean()), 6),
             "slow_mean_rad_s": round(float(speed[slow].mean()), 6),
         },
+    )
+
+
+def trained_on_paces(policy: ReferencePolicy) -> bool:
+    """Whether the policy was behaviour-cloned on paced instructions (both pace words)."""
+    seen = " ".join(policy.origin.get("behaviour_cloning", {}).get("instructions", []))
+    return all(word in seen.split() for word in PACE_WORDS)
+
+
+def pace_direction(
+    policy: ReferencePolicy, demos, count: int = 96, seed: int = 0
+) -> SteeringDirection:
+    """The `pace` direction: "... quickly" minus "... slowly" on the same `count` rows."""
+    import dataclasses
+
+    from edgevla.runtime.tokenizer import InstructionTokenizer
+
+    faster, slower = PACE_WORDS
+    vocab = policy.tokenizer.get_vocab()
+    if faster not in vocab or slower not in vocab:
+        raise InvalidSetting("steering", f"the tokenizer lacks {faster!r} or {slower!r}")
+    size = min(count, len(demos))
+    inputs = calibration_inputs(policy, demos, count=size, seed=seed)
+    rows = np.sort(np.random.default_rng(seed).choice(len(demos), size=size, replace=False))
+    tokenizer = InstructionTokenizer(policy.tokenizer, policy.config.max_instruction_tokens)
+
+    def worded(word: str):
+        out = []
+        for obs, i in zip(inputs, rows, strict=True):
+            base = " ".join(w for w in demos.instruction(int(i)).split() if w not in PACE_WORDS)
+            ids, mask = tokenizer.encode(f"{base} {word}")
+            out.append(dataclasses.replace(obs, instruction_ids=ids, instruction_mask=mask))
+        return out
+
+    vectors = layer_means(policy, worded(faster)).mean(0) - layer_means(
+        policy, worded(slower)
+    ).mean(0)
+    return SteeringDirection(
+        name="pace",
+        method=(
+            f"mean prefix-layer input (over valid tokens) with the instruction ending in "
+            f"'{faster}' minus that with '{slower}', on the same calibration observations"
+        ),
+        vectors=[[round(float(x), 7) for x in row] for row in vectors],
+        calibration_rows=size,
+        contrast={"direction_norm_mean": round(float(np.linalg.norm(vectors, axis=1).mean()), 6)},
     )

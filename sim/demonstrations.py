@@ -6,6 +6,10 @@ slowly wandering joint offset during the approach (DART: Laskey et al. 2017) whi
 label is the expert's clean chunk from the state the arm actually reached: the policy sees states
 off the expert's path and learns how the expert returns from them. The offset is drawn from the
 episode seed, so a dataset is a pure function of its seeds and settings.
+
+Paced demonstrations (`DemoSettings.paces`) add an adverb to the instruction ("touch the red cube
+slowly") and run the expert at that pace: the data a policy needs to read speed from its
+instruction, and a steering direction to be found by contrasting those words (export/steering.py).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import multiprocessing
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -37,6 +41,13 @@ class DemoSettings:
     noise_until_s: float = 1.5
     clean_fraction: float = 0.25  # episodes executed without offset
     system2_latency_s: float = 0.05
+    # Each episode draws one of these paces (from its seed) for its instruction and the expert's
+    # speed; empty: the plain instruction at the expert's own speed.
+    paces: tuple[str, ...] = ()
+
+
+# The expert's cruise speed for each pace word, as a factor of its default 0.25 m/s.
+PACE_SPEED_FACTOR = {"slowly": 0.5, "quickly": 1.6}
 
 
 @dataclass
@@ -52,6 +63,11 @@ class _Episode:
 def _one_episode(args: tuple[int, DemoSettings]) -> _Episode:
     seed, d = args
     episode = touch_episode(seed)
+    expert = ExpertConfig()
+    if d.paces:
+        pace = d.paces[int(np.random.default_rng([seed, 0x9ACE]).integers(len(d.paces)))]
+        episode = replace(episode, instruction=f"{episode.instruction} {pace}")
+        expert = ExpertConfig(speed_m_s=expert.speed_m_s * PACE_SPEED_FACTOR[pace])
     rng = np.random.default_rng([seed, 0xDA27])
     clean = rng.random() < d.clean_fraction
     offset = np.zeros(7, dtype=np.float32)
@@ -72,7 +88,7 @@ def _one_episode(args: tuple[int, DemoSettings]) -> _Episode:
         system2_latency_s=d.system2_latency_s,
     )
     result = run_episode(
-        ExpertAgent(d.chunk_len, d.step_period_s),
+        ExpertAgent(d.chunk_len, d.step_period_s, expert),
         episode,
         settings,
         d.step_period_s,
@@ -98,6 +114,9 @@ def generate_demos(
 ) -> DemoSet:
     """Demonstrations of the touch task for `seeds`; failed expert episodes are left out."""
     d = settings or DemoSettings()
+    unknown = set(d.paces) - set(PACE_SPEED_FACTOR)
+    if unknown:
+        raise ValueError(f"unknown paces {sorted(unknown)}; known: {sorted(PACE_SPEED_FACTOR)}")
     seeds = list(seeds)
     jobs = [(seed, d) for seed in seeds]
     episodes: list[_Episode] = []

@@ -13,7 +13,7 @@ import multiprocessing
 import statistics
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +83,7 @@ class _RunSpec:
     keep_events: bool = False
     reuse: tuple[tuple[str, float], ...] = ()
     steer: tuple[tuple[str, float], ...] = ()
+    instruction_suffix: str = ""  # appended to every episode's instruction ("slowly")
 
 
 class _Runner:
@@ -103,9 +104,14 @@ class _Runner:
         from edgevla.sim.policy_agent import PolicyAgent
 
         spec = self.spec
+        episode = touch_episode(seed)
+        if spec.instruction_suffix:
+            episode = replace(
+                episode, instruction=f"{episode.instruction} {spec.instruction_suffix}"
+            )
         return run_episode(
             PolicyAgent(self.policy, spec.choice),
-            touch_episode(seed),
+            episode,
             spec.settings,
             self.policy.bundle.manifest.action_space.step_period_s,
             keep_events=spec.keep_events or spec.choice == "random",
@@ -139,11 +145,13 @@ def run_policy_episodes(
     keep_events: bool = False,
     reuse: dict[str, float] | None = None,
     steer: dict[str, float] | None = None,
+    instruction_suffix: str = "",
 ) -> list[EpisodeResult]:
     """Run the bundle on `seeds` (in order), in `workers` processes; `sampling` and `reuse`
     override the bundle's defaults (checked like the bundle's own), `steer` steers the prefix
-    (direction name → alpha); `keep_events` keeps every plan's
-    observation and chunk (always kept with choice "random", whose rollouts train the critics).
+    (direction name → alpha), `instruction_suffix` is appended to every instruction;
+    `keep_events` keeps every plan's observation and chunk (always kept with choice "random",
+    whose rollouts train the critics).
 
     A worker that dies (a crash, the OOM killer) raises `EpisodeWorkerDied` instead of leaving
     the run waiting for a result that never comes, and the bundle is checked here first, so a
@@ -164,6 +172,7 @@ def run_policy_episodes(
         keep_events,
         tuple(sorted((reuse or {}).items())),
         tuple(sorted((steer or {}).items())),
+        instruction_suffix,
     )
     results: list[EpisodeResult] = []
     if workers > 1:

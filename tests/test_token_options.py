@@ -4,6 +4,7 @@ steering at alpha 0 is bit-identical to no steering."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -14,7 +15,12 @@ import torch
 
 from edgevla.export.bundle_writer import ExportOptions, export_bundle
 from edgevla.export.checkpoint import ReferencePolicy
-from edgevla.export.steering import chunk_speed, speed_direction
+from edgevla.export.steering import (
+    chunk_speed,
+    pace_direction,
+    speed_direction,
+    trained_on_paces,
+)
 from edgevla.runtime import system2
 from edgevla.runtime.bundle import load_bundle
 from edgevla.runtime.errors import (
@@ -360,3 +366,23 @@ def test_chunk_speed_is_the_commanded_joint_speed() -> None:
     state = np.zeros((1, 7))
     actions = np.cumsum(np.full((1, 8, 7), 0.01), axis=1)
     np.testing.assert_allclose(chunk_speed(state, actions, 0.05), [0.2])
+
+
+def test_the_pace_direction_contrasts_the_words_alone(tiny_policy: ReferencePolicy) -> None:
+    """Same observations, "... quickly" minus "... slowly": a pace word already in a row's
+    instruction is replaced, not doubled, so the direction does not depend on it."""
+    plain = _demos()
+    paced = dataclasses.replace(plain, instructions=["touch the red cube slowly"])
+    a, b = pace_direction(tiny_policy, plain), pace_direction(tiny_policy, paced)
+    vectors = np.asarray(a.vectors)
+    assert vectors.shape == (tiny_policy.config.n_layers, tiny_policy.config.d_model)
+    assert np.abs(vectors).max() > 0
+    np.testing.assert_array_equal(vectors, np.asarray(b.vectors))
+    # An untrained policy never read pace words: `edgevla export --steering` leaves it out.
+    assert not trained_on_paces(tiny_policy)
+    trained = dataclasses.replace(
+        tiny_policy,
+        origin={"behaviour_cloning": {"instructions": ["touch the red cube slowly",
+                                                       "touch the red cube quickly"]}},
+    )  # fmt: skip
+    assert trained_on_paces(trained)

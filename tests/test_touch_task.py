@@ -144,6 +144,22 @@ def test_demonstrations_are_reproducible_and_round_trip(tmp_path: Path) -> None:
     assert c.instruction(0) == touch_episode(1).instruction
 
 
+def test_paced_demonstrations_carry_the_word_and_move_at_its_pace() -> None:
+    from edgevla.export.steering import chunk_speed
+
+    demos = generate_demos(range(4), DemoSettings(paces=("slowly", "quickly")))
+    speed = chunk_speed(demos.state, demos.actions, demos.step_period_s)
+    by_word: dict[str, list[float]] = {"slowly": [], "quickly": []}
+    for i in range(len(demos)):
+        words = demos.instruction(i).split()
+        assert touch_target(demos.instruction(i)) is not None and words[-1] in by_word
+        by_word[words[-1]].append(float(speed[i]))
+    slow, quick = np.mean(by_word["slowly"]), np.mean(by_word["quickly"])
+    assert quick > 2.0 * slow, (slow, quick)  # the expert's cruise speed: 0.125 vs 0.4 m/s
+    with pytest.raises(ValueError, match="unknown paces"):
+        generate_demos([0], DemoSettings(paces=("briskly",)))
+
+
 def test_a_broken_dataset_is_refused_with_the_reason(tmp_path: Path) -> None:
     demos = generate_demos([1], DemoSettings())
     good = tmp_path / "good"

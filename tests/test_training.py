@@ -376,3 +376,27 @@ def test_train_system1_command_replaces_system1_and_rewrites_the_card(
     assert "train system1" in card and "System 1 held-out s1_slice_rad" in card
     record = json.loads((tmp_path / "out" / "train_policy.json").read_text())
     assert record["system1"]["steps"] == 3 and "history" not in record["system1"]
+
+
+def test_train_policy_can_fine_tune_a_checkpoint(trained, tmp_path) -> None:
+    """`--init`: the start checkpoint's weights (and config) are the start; System 2 and System
+    1 train, the critics are carried over untouched and the origin says so."""
+    from edgevla.cli import main
+    from edgevla.sim.demos import save_demos
+
+    save_checkpoint(trained[1], tmp_path / "ckpt")
+    save_demos(synthetic_demos(seed=9), tmp_path / "demos")
+    argv = ["train", "policy", "--init", str(tmp_path / "ckpt"), "--demos", str(tmp_path / "demos")]
+    argv += ["--out", str(tmp_path / "out"), "--steps", "3", "--system1-steps", "2"]
+    argv += ["--no-grounding", "--lr", "1e-4", "--threads", "1"]
+    assert main(argv) == 0
+    before = load_checkpoint(tmp_path / "ckpt").model.state_dict()
+    after = load_checkpoint(tmp_path / "out")
+    changed = {
+        k.split(".")[0]
+        for k, v in before.items()
+        if not torch.equal(v, after.model.state_dict()[k])
+    }
+    assert "system1" in changed and "critics" not in changed and len(changed) > 2
+    assert after.origin["fine_tuned_from"]["checkpoint"] == str(tmp_path / "ckpt")
+    assert after.origin["behaviour_cloning"]["config"]["lr"] == 1e-4
