@@ -14,7 +14,7 @@ CHECKPOINT  := checkpoints/touch-tiny
 DEMO_BUNDLE := $(OUT)/demo-bundle
 EDGEVLA     := $(VENV)/bin/edgevla
 
-.PHONY: demo test bench lint clean setup policy
+.PHONY: demo test bench lint clean setup policy policy-paced
 
 setup: $(STAMP)
 
@@ -63,6 +63,13 @@ policy: $(STAMP)
 	$(EDGEVLA) train value --checkpoint $(OUT)/touch-tiny-dagger --out $(CHECKPOINT) \
 		--rollouts $(OUT)/value-rollouts --recollect
 
+# The reference policy fine-tuned to read "slowly"/"quickly" (checkpoints/touch-tiny-paced; about
+# 20 minutes on 2 cores), for the `pace` steering direction. Needs `make policy`'s data in out/.
+policy-paced: $(STAMP)
+	$(EDGEVLA) demos generate --episodes 300 --seed 0 --paces slowly,quickly --out $(OUT)/demos-paced
+	$(EDGEVLA) train policy --init $(CHECKPOINT) --demos $(OUT)/demos-touch $(OUT)/dagger-touch \
+		$(OUT)/demos-paced --steps 3000 --lr 3e-4 --out checkpoints/touch-tiny-paced
+
 test: $(STAMP)
 	$(PY) -m pytest -q
 
@@ -73,6 +80,7 @@ bench: $(STAMP) $(OUT)/demos-calib/dataset.json
 	$(PY) benchmarks/bench_optimizations.py --calibration $(OUT)/demos-calib
 	$(PY) benchmarks/bench_ur_jitter.py
 	$(PY) benchmarks/bench_camera.py
+	$(PY) benchmarks/bench_steering.py --calibration $(OUT)/demos-calib
 
 # Calibration frames for layer pruning and the steering direction (24 expert episodes, ~1 min).
 $(OUT)/demos-calib/dataset.json: $(STAMP)

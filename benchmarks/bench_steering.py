@@ -5,9 +5,10 @@ in the asked direction, by how much, and at what cost in success?
       --calibration out/demos-calib [--episodes 50] [--direction pace]
 
 Exports the checkpoint with its steering directions (found on the calibration demonstrations)
-and one candidate per plan (System 2 N=1, System 1 on), then runs the same held-out episodes (same seeds, same sampling noise per seed) with the plain
-instruction at alpha 0 (the baseline) and at each alpha, and, for reference, with the pace word
-written into the instruction ("... slowly", "... quickly") at alpha 0: what the words
+and one candidate per plan, then runs System 2 alone (steering acts on the prefix, which only
+System 2 reads) on the same held-out episodes (same seeds, same sampling noise per seed) with
+the plain instruction at alpha 0 (the baseline) and at each alpha, and, for reference, with the
+pace word written into the instruction ("... slowly", "... quickly") at alpha 0: what the words
 themselves do, which steering tries to reach without them. The commanded speed is the mean
 joint speed of the first four steps of every chosen chunk over all plans. Prints a table,
 writes JSON to benchmarks/results/.
@@ -79,7 +80,9 @@ def main() -> int:
             console.print(f"[red]the bundle has directions {names}, not {args.direction!r}")
             return 1
         step_s = manifest.action_space.step_period_s
-        settings = replace(EpisodeSettings(), system1_enabled=True)
+        # System 1 off: steering acts on the prefix, which only System 2 reads; the commanded
+        # speed is that of the plans System 2 chose.
+        settings = replace(EpisodeSettings(), system1_enabled=False)
         rows: dict[str, dict] = {}
         runs = [("plain, alpha 0", {}, "")]
         runs += [(f"plain, alpha {a:+g}", {args.direction: a}, "") for a in alphas]
