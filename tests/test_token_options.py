@@ -386,3 +386,12 @@ def test_the_pace_direction_contrasts_the_words_alone(tiny_policy: ReferencePoli
                                                        "touch the red cube quickly"]}},
     )  # fmt: skip
     assert trained_on_paces(trained)
+
+
+def test_the_committed_paced_checkpoint_was_trained_on_both_words() -> None:
+    """`edgevla export --steering` gives it the `pace` direction; the demo policy does not."""
+    from edgevla.export.checkpoint import load_checkpoint
+
+    root = Path(__file__).resolve().parent.parent / "checkpoints"
+    assert trained_on_paces(load_checkpoint(root / "touch-tiny-paced"))
+    assert not trained_on_paces(load_checkpoint(root / "touch-tiny"))
