@@ -34,7 +34,10 @@ log = logging.getLogger("edgevla.control")
 
 _SPIN_S = 0.0002  # sleep until this close to the deadline, then spin: sleep wake-up is coarse
 _PARENT_CHECK_CYCLES = 50
-_SETTLED_RAD_S = 1e-3  # measured joint speed below which the arm counts as at rest
+# Measured joint speed below which the arm counts as at rest: half the report's "stopped" bound
+# (supervisor._STOPPED_RAD_S), so an arm still settling against a contact when the stop is
+# declared is not read as moving in the run's final readings.
+_SETTLED_RAD_S = 5e-4
 _SETTLED_FOR_S = 0.05  # ... for this long: a servo ringing through zero speed is not at rest
 _SETTLE_TIMEOUT_S = 2.0  # after this, at rest on the command alone
 _MAX_CYCLE_FAULTS = 50  # consecutive failing cycles before giving up to the robot's watchdog
@@ -354,6 +357,14 @@ class ControlLoop:
                     self._begin_stop(trip, now, float("nan"))
         if self.control_state == ControlState.STOPPING:
             command_at_rest = self.filter.stop_step() if self._commanding else True
+            if command_at_rest and self._commanding:
+                # The command is at rest: hand the hold to the robot (servoStop), which holds
+                # where the arm itself comes to rest. Streaming the same setpoint while waiting
+                # for the arm kept pushing wherever the command ended: into a cube the policy
+                # was pressing, which gave way, and the arm followed it for seconds.
+                if self._connected:
+                    self.robot.stop()
+                self._commanding = False
             # At rest means the arm, not just the command: the servo lags a few milliseconds.
             # A lost robot reports nothing; its own watchdog stops it.
             still = float(np.abs(self.state.qd).max()) < _SETTLED_RAD_S

@@ -273,6 +273,17 @@ def test_a_lost_connection_is_reported_and_latched(emulator: EmulatorProcess, fa
     assert lines[1] == "servo refused", lines  # latched: ur_rtde may already be back by itself
     assert lines[2].startswith("reconnect refused:") and "restart edgevla" in lines[2], lines
     assert lines[3] == "closed", lines
+    # The recovery is the restart (systemd's, docs/deploy.md): a new process connects to the
+    # same controller and drives the arm again.
+    arm = URRobot(URConfig("127.0.0.1"))
+    arm.connect()
+    try:
+        state = RobotState()
+        arm.read_state(state)
+        assert state.program_running and state.safety_mode == SafetyMode.NORMAL
+        arm.servo(state.q, 1.0)
+    finally:
+        arm.close()
 
 
 def test_an_emergency_stop_is_reported_and_needs_power_on_and_brake_release(
