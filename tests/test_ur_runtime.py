@@ -81,19 +81,19 @@ def _safe_end(report: dict, cause: str) -> None:
 
 
 def test_run_drives_the_emulated_arm_through_ur_rtde(trained_bundle: Path, fresh) -> None:
-    """4.5 s: the arm is on its way to the cube when the operator stops it. Later it presses on
-    the cube, and the emulator's simulated contact keeps the held arm chattering at ~1e-3 rad/s
-    after the stop (seen in CI as "not stopped"): the simulation's contact, not the driver."""
+    """10 s, as issue 6 asks: the arm reaches the cube and presses on it before the operator
+    stops it. (Until the controlled stop handed the hold to the controller with servoStop, the
+    streamed resting setpoint kept pushing the cube and this had to stop at 4.5 s.)"""
     emulator = fresh
     before = emulator.call("commands_seen").get(11, 0)
     start = _q(emulator)
-    report = Supervisor(ur_config(trained_bundle), RunOptions(duration_s=4.5, live=False)).run()
+    report = Supervisor(ur_config(trained_bundle), RunOptions(duration_s=10.0, live=False)).run()
     assert [t["cause"] for t in report["trips"]] == ["operator-stop"], report["trips"]
     assert report["safety"]["limit_violations"] == 0
     assert report["final"]["state"] == "finished" and _arm_at_rest(emulator)
-    assert report["control"]["cycles"] > 1200  # 500 Hz, from the controller
+    assert report["control"]["cycles"] > 3000  # 500 Hz, from the controller
     servo_packages = emulator.call("commands_seen").get(11, 0) - before
-    assert servo_packages > 1200, servo_packages
+    assert servo_packages > 3000, servo_packages
     assert np.abs(_q(emulator) - start).max() > 0.01  # the arm really moved
     assert not emulator.call("script_running")  # stopScript on the way out
 
