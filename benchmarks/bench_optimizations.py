@@ -36,7 +36,7 @@ from pathlib import Path
 
 import msgspec
 import numpy as np
-from common import RESULTS, export_in_child, machine, save
+from common import RESULTS, commanded_speed, export_in_child, machine, save
 from rich.console import Console
 from rich.table import Table
 
@@ -190,15 +190,6 @@ def fidelity(
             "chunk_max_abs_rad": max_rad,
         }
     return out
-
-
-def commanded_speed(results, step_period_s: float) -> float:
-    """Mean joint speed (rad/s) of the first steps of every chosen chunk, over all plans."""
-    from edgevla.export.steering import chunk_speed
-
-    states = np.stack([e.obs.state for r in results for e in r.events])
-    chunks = np.stack([e.chunk for r in results for e in r.events])
-    return float(chunk_speed(states, chunks[:, :4], step_period_s).mean())
 
 
 def main() -> int:

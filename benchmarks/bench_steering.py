@@ -24,8 +24,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-from common import RESULTS, export_in_child, machine, save
+from common import RESULTS, commanded_speed, export_in_child, machine, save
 from rich.console import Console
 from rich.table import Table
 
@@ -36,15 +35,6 @@ from edgevla.sim.evaluation import difference_interval, run_policy_episodes, sum
 from edgevla.sim.tasks import held_out_seeds
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def commanded_speed(results, step_period_s: float) -> float:
-    """Mean joint speed (rad/s) of the first four steps of every chosen chunk, over all plans."""
-    from edgevla.export.steering import chunk_speed
-
-    states = np.stack([e.obs.state for r in results for e in r.events])
-    chunks = np.stack([e.chunk for r in results for e in r.events])
-    return float(chunk_speed(states, chunks[:, :4], step_period_s).mean())
 
 
 def main() -> int:

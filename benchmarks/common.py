@@ -58,3 +58,15 @@ def save(record: dict, out: Path, name: str) -> Path:
     path = out / f"{name}-{stamp}.json"
     path.write_text(json.dumps(record, indent=2) + "\n")
     return path
+
+
+def commanded_speed(results, step_period_s: float) -> float:
+    """Mean joint speed (rad/s) of the first four steps of every chosen chunk, over all plans
+    (the steering benchmarks' measure of how fast the policy asks the arm to move)."""
+    import numpy as np
+
+    from edgevla.export.steering import chunk_speed
+
+    states = np.stack([e.obs.state for r in results for e in r.events])
+    chunks = np.stack([e.chunk for r in results for e in r.events])
+    return float(chunk_speed(states, chunks[:, :4], step_period_s).mean())

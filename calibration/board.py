@@ -55,6 +55,11 @@ class BoardSpec:
         )
 
     @property
+    def centre(self) -> np.ndarray:
+        """The pattern's centre in the board frame (its origin is a corner), metres."""
+        return np.array([self.squares_x, self.squares_y, 0.0]) * (self.square_m / 2)
+
+    @property
     def corners(self) -> int:
         return (self.squares_x - 1) * (self.squares_y - 1)
 

@@ -252,6 +252,7 @@ def run_capture(
     photograph, judge, and keep writing `out/dataset.json` so that an abort loses nothing."""
     out.mkdir(parents=True, exist_ok=True)
     records: list[ViewRecord] = []
+    photographed: list[ViewRecord] = []  # the dataset lists only views with an image
     accepted_poses: list[np.ndarray] = []
     report = CaptureReport(records, {})
     try:
@@ -281,13 +282,13 @@ def run_capture(
                     float(verdict.rms_px) if np.isfinite(verdict.rms_px) else -1.0,
                 )
                 records.append(record)
+                photographed.append(record)
                 if verdict.accepted:
                     accepted_poses.append(T_bg)
             report.diversity = diversity(accepted_poses)
             _write_dataset(
-                out, mode, session.spec, camera_id, robot_id, session.intrinsics,
-                [r for r in records if (out / r.image).exists()],
-            )  # fmt: skip
+                out, mode, session.spec, camera_id, robot_id, session.intrinsics, photographed
+            )
             if on_view is not None:
                 on_view(k, record, report.diversity)
     except CaptureAborted as exc:

@@ -179,18 +179,14 @@ def make_plan(
     if mode not in ("eye_in_hand", "eye_to_hand") or missing:
         raise PlanError(f"mode {mode!r} needs the guesses {needed}; missing {missing}")
     ik, fk = InverseKinematics(model, exact_rotation=True), ForwardKinematics(model)
-    board_centre = np.array(
-        [spec.squares_x * spec.square_m / 2, spec.squares_y * spec.square_m / 2, 0.0]
-    )
     lo = np.asarray(limits.joint_min_rad) + limits.joint_margin_rad
     hi = np.asarray(limits.joint_max_rad) - limits.joint_margin_rad
     box_lo, box_hi = np.asarray(limits.workspace_min_m), np.asarray(limits.workspace_max_m)
     start_q = np.asarray(start_q, dtype=float)
     accepted: list[tuple[np.ndarray, np.ndarray, float, float, float]] = []
     skipped: list[str] = []
-    seeds = [start_q]
     for k, (T_bg, tilt, azimuth, roll) in enumerate(
-        _candidates(mode, guess, board_centre, settings, 4 * settings.views)
+        _candidates(mode, guess, spec.centre, settings, 4 * settings.views)
     ):
         if len(accepted) == settings.views:
             break
@@ -198,19 +194,13 @@ def make_plan(
         if not _in_box(T_bg[:3, 3], box_lo, box_hi, settings.clearance_m):
             skipped.append(f"{label}: flange outside the workspace box less clearance")
             continue
-        best = None
-        for seed in [*seeds[-2:], start_q]:
-            q, residual = ik.solve(T_bg[:3, 3], T_bg[:3, :3], seed, iterations=200)
-            ok = residual < _IK_TOLERANCE and np.all(q >= lo) and np.all(q <= hi)
-            if ok and (best is None or np.abs(q - seed).max() < np.abs(best - seed).max()):
-                best = q
-            if best is not None:
-                break
-        if best is None:
+        # Seeded from the last views first, so that neighbouring views stay on one IK branch.
+        seeds = [*(view[0] for view in accepted[-2:]), start_q]
+        q = _exact_solution(ik, T_bg, seeds, lo, hi)
+        if q is None:
             skipped.append(f"{label}: out of reach (no exact solution inside the joint limits)")
             continue
-        accepted.append((best, T_bg, tilt, azimuth, roll))
-        seeds.append(best)
+        accepted.append((q, T_bg, tilt, azimuth, roll))
     if len(accepted) < settings.views:
         raise PlanError(
             f"only {len(accepted)} of {settings.views} views are reachable inside the limits and "
@@ -243,6 +233,17 @@ def make_plan(
         diversity=diversity([np.asarray(v.T_base_gripper) for v in kept]),
         board=asdict(spec),
     )
+
+
+def _exact_solution(
+    ik: InverseKinematics, T_bg: np.ndarray, seeds: list[np.ndarray], lo: np.ndarray, hi: np.ndarray
+) -> np.ndarray | None:
+    """The first seed's solution that reaches `T_bg` exactly inside [lo, hi], else None."""
+    for seed in seeds:
+        q, residual = ik.solve(T_bg[:3, 3], T_bg[:3, :3], seed, iterations=200)
+        if residual < _IK_TOLERANCE and np.all(q >= lo) and np.all(q <= hi):
+            return q
+    return None
 
 
 def _order(views: list, start_q: np.ndarray) -> list:

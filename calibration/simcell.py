@@ -7,7 +7,7 @@ offscreen. Eye in hand: the camera rides on the flange and the board lies on the
 the cubes' area). Eye to hand: the camera stands beside the table and the board is held by the
 tool, beyond the fingertips.
 
-The robot is `SimRobot` on a virtual clock that moves only when the capture loop sleeps: the
+The robot is `SimRobot` on a `SimClock` that moves only when the capture loop sleeps: the
 physics is exactly what real time would give, without waiting for it.
 """
 
@@ -25,24 +25,12 @@ from edgevla.calibration.board import BoardSpec
 from edgevla.calibration.transforms import look_at, make_T, rotation
 from edgevla.runtime.devices import CameraIntrinsics, CameraTimeout, Frame
 from edgevla.runtime.kinematics import UR5E, RobotModel
+from edgevla.sim.clock import SimClock
 
 CALIBRATION_CAMERA = "calibration"
 _TEXTURE_PX_PER_M = 5000  # 0.04 m squares are 200 texels: sharper than any view of them
 _MARGIN_M = 0.01  # the white border a printed board has around its pattern
 _SLAB_M = 0.003
-
-
-class VirtualClock:
-    """A monotonic clock for simulated devices: `sleep` advances it instead of waiting."""
-
-    def __init__(self, t_s: float = 1000.0) -> None:
-        self.t_s = t_s
-
-    def __call__(self) -> float:
-        return self.t_s
-
-    def sleep(self, dt_s: float) -> None:
-        self.t_s += max(dt_s, 0.0)
 
 
 @dataclass(frozen=True)
@@ -71,11 +59,6 @@ class SimCell:
     spec: BoardSpec = field(default_factory=BoardSpec)
     camera: CameraModel = field(default_factory=CameraModel)
 
-    @property
-    def board_centre(self) -> np.ndarray:
-        s = self.spec
-        return np.array([s.squares_x * s.square_m / 2, s.squares_y * s.square_m / 2, 0.0])
-
 
 def default_cell(mode: str, spec: BoardSpec | None = None) -> SimCell:
     spec = spec or BoardSpec()
@@ -91,9 +74,8 @@ def default_cell(mode: str, spec: BoardSpec | None = None) -> SimCell:
         # board held 11.5 cm beyond the flange (past the fingertips), facing away from the tool.
         eye, target = np.array([-1.05, 0.75, 0.70]), np.array([-0.45, 0.05, 0.30])
         X = look_at(eye, target, roll_deg=3.0)
-        centre = np.array([spec.squares_x * spec.square_m / 2, spec.squares_y * spec.square_m / 2])
         R = rotation([1, 0, 0], 180.0) @ rotation([0, 0, 1], 6.0)
-        T_fixed = make_T(R, -R @ np.array([*centre, 0.0]) + np.array([0.004, -0.006, 0.115]))
+        T_fixed = make_T(R, -R @ spec.centre + np.array([0.004, -0.006, 0.115]))
     else:
         raise ValueError(f"mode must be eye_in_hand or eye_to_hand, not {mode!r}")
     return SimCell(mode, X, T_fixed, spec)
@@ -178,7 +160,7 @@ class SimCalibrationCamera:
     """The `Camera` protocol over the cell's hidden camera: each read renders the world as it is
     at the clock's present (the robot's physics is advanced to it first)."""
 
-    def __init__(self, robot, cell: SimCell, clock) -> None:  # SimRobot, SimCell, VirtualClock
+    def __init__(self, robot, cell: SimCell, clock) -> None:  # SimRobot, SimCell, SimClock
         self.name = "sim-calibration"
         self.serial = f"SIM-{cell.mode}"
         self.robot = robot
@@ -216,12 +198,12 @@ class SimCalibrationCamera:
 
 
 def make_sim_cell(mode: str, robot_model: RobotModel = UR5E, spec: BoardSpec | None = None):
-    """(SimRobot, SimCalibrationCamera, SimCell, VirtualClock) of a fresh cell at home pose."""
+    """(SimRobot, SimCalibrationCamera, SimCell, SimClock) of a fresh cell at home pose."""
     from edgevla.sim.robot import SimRobot
     from edgevla.sim.world import SimWorld
 
     cell = default_cell(mode, spec)
-    clock = VirtualClock()
+    clock = SimClock(1000.0)
     world = SimWorld(0, 96, robot_model, extras=scene_extras(cell))
     robot = SimRobot(world=world, robot=robot_model, clock=clock)
     return robot, SimCalibrationCamera(robot, cell, clock), cell, clock

@@ -81,7 +81,6 @@ class Scene:
 
 
 def default_scene(mode: str, spec: BoardSpec) -> Scene:
-    centre = np.array([spec.squares_x * spec.square_m / 2, spec.squares_y * spec.square_m / 2, 0])
     if mode == "eye_in_hand":
         # A wrist camera 6 cm off the flange axis, looking along the tool, slightly rolled; the
         # board flat on the table, face up, 0.55 m in front of the base.
@@ -94,7 +93,7 @@ def default_scene(mode: str, spec: BoardSpec) -> Scene:
         T_fixed = make_T(rotation([0, 0, 1], 30.0), [-0.02, 0.03, 0.01])
     else:
         raise ValueError(f"mode must be eye_in_hand or eye_to_hand, not {mode!r}")
-    return Scene(mode, X, T_fixed, centre)
+    return Scene(mode, X, T_fixed, spec.centre)
 
 
 def plan_poses(

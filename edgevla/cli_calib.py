@@ -118,7 +118,7 @@ def _guess_from_args(args: argparse.Namespace, spec) -> dict:
 
     if args.sim:
         return nominal_guess(default_cell(args.mode, spec), np.random.default_rng(args.seed))
-    centre = np.array([spec.squares_x * spec.square_m / 2, spec.squares_y * spec.square_m / 2, 0])
+    centre = spec.centre
     mount = _vector(args.camera_mount, (3,), "--camera-mount")
     if args.mode == "eye_in_hand":
         if args.board_at is None:

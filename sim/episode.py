@@ -27,6 +27,7 @@ from edgevla.runtime.policy import Observation
 from edgevla.runtime.safety_filter import SafetyFilter, Trip
 from edgevla.runtime.stitching import CommittedTrajectory
 from edgevla.sim.camera import SimCamera
+from edgevla.sim.clock import SimClock
 from edgevla.sim.robot import SimRobot
 from edgevla.sim.tasks import Episode, Outcome, TouchJudge
 
@@ -110,14 +111,6 @@ class EpisodeResult:
         }
 
 
-class _Clock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
 @dataclass
 class _Pending:
     due_s: float
@@ -145,7 +138,7 @@ def run_episode(
     """
     s = settings or EpisodeSettings()
     wall_start = time.perf_counter()
-    clock = _Clock()
+    clock = SimClock()
     robot = SimRobot(seed=episode.scene_seed, image_size=s.image_size, robot=s.robot, clock=clock)
     robot.reset(np.asarray(episode.initial_q), episode.initial_gripper)
     cameras = [
@@ -211,7 +204,7 @@ def run_episode(
         steps = round(s.timeout_s / period)
         for i in range(steps):
             t = i * period
-            clock.t = t
+            clock.t_s = t
             if t + tick_eps >= next_frame:
                 frames = [cam.read(timeout_s=1.0) for cam in cameras]
                 images = np.stack([f.image for f in frames])

@@ -1,9 +1,11 @@
-"""Shared fixtures: one tiny bundle per precision, exported once per test session."""
+"""Shared fixtures: one tiny bundle per precision, exported once per test session; the root
+logger restored after every test."""
 
 from __future__ import annotations
 
+import logging
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,17 @@ from edgevla.export.configs import get_config
 
 TINY_SEED = 7
 CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "touch-tiny"
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    """`edgevla.cli.main()` reconfigures the root logger onto the calling test's captured
+    stderr; undo that, so later tests do not log into a closed stream."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

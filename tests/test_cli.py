@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import logging
 import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import onnxruntime
@@ -60,16 +58,6 @@ def flip_middle_byte(path: Path) -> None:
 
 def snapshot(directory: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
-
-
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    """main() reconfigures the root logger onto this test's captured stderr; undo that."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 @pytest.fixture

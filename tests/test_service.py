@@ -8,7 +8,6 @@ a datagram socket bound by the test stands in for systemd's notify socket.
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import signal
@@ -49,16 +48,6 @@ needs_analyze = pytest.mark.skipif(
 
 def flat(text: str) -> str:
     return " ".join(text.split())
-
-
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    """main() reconfigures the root logger onto this test's captured stderr; undo that."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 # ----------------------------------------------------------------------------- sd_notify

@@ -27,6 +27,7 @@ from edgevla.runtime.devices import (
 )
 from edgevla.runtime.kinematics import UR5E, ForwardKinematics
 from edgevla.sim.camera import SimCamera
+from edgevla.sim.clock import SimClock
 from edgevla.sim.mcu import McuArmRefused, SimSafetyMcu
 from edgevla.sim.robot import SimRobot, UnlockRefused
 from edgevla.sim.scene import (
@@ -48,27 +49,14 @@ HOME = np.array(HOME_Q)
 AWAY = np.array([0.5, 0.4, -0.5, 0.5, 0.5, 0.5])
 
 
-class FakeClock:
-    """A monotonic clock that moves only when told to."""
-
-    def __init__(self, t_s: float = 100.0) -> None:
-        self.t_s = t_s
-
-    def __call__(self) -> float:
-        return self.t_s
-
-    def advance(self, dt_s: float) -> None:
-        self.t_s += dt_s
-
-
-def _servo_for(robot: SimRobot, clock: FakeClock, duration_s: float, target: np.ndarray) -> None:
+def _servo_for(robot: SimRobot, clock: SimClock, duration_s: float, target: np.ndarray) -> None:
     """Servo `target` every period for `duration_s` of fake time."""
     for _ in range(round(duration_s / robot.period_s)):
         clock.advance(robot.period_s)
         robot.servo(target, 1.0)
 
 
-def _ramp(robot: SimRobot, clock: FakeClock, duration_s: float, speed_rad_s: float) -> None:
+def _ramp(robot: SimRobot, clock: SimClock, duration_s: float, speed_rad_s: float) -> None:
     """Servo a target moving at `speed_rad_s` on every joint, from where the arm is."""
     state = RobotState()
     robot.read_state(state)
@@ -91,9 +79,9 @@ def _stopping_point(robot: SimRobot, accel_rad_s2: float = 15.0) -> np.ndarray:
     return state.q + state.qd * np.abs(state.qd) / (2.0 * accel_rad_s2)
 
 
-def _far_setpoint_after_a_ramp(watchdog: bool) -> tuple[SimRobot, FakeClock]:
+def _far_setpoint_after_a_ramp(watchdog: bool) -> tuple[SimRobot, SimClock]:
     """A client ramps every joint at 1 rad/s for 0.2 s, sends a far setpoint, and goes quiet."""
-    clock = FakeClock()
+    clock = SimClock(100.0)
     robot = SimRobot(clock=clock)
     if watchdog:
         robot.set_watchdog(50.0)
@@ -235,7 +223,7 @@ def test_servo_tracks_a_smooth_motion_at_500_hz(
     # A fake clock, so that the result does not depend on how busy the test machine is; seeded
     # jitter on every call makes the lazy stepping see 0, 1 or 2 physics steps between calls, as
     # it does under a real scheduler.
-    clock = FakeClock()
+    clock = SimClock(100.0)
     robot = SimRobot(clock=clock)
     state = RobotState()
     rng = np.random.default_rng(11)
@@ -318,7 +306,7 @@ def test_watchdog_expiry_inside_a_catch_up_stops_at_the_expiry() -> None:
 
 
 def test_a_long_stall_is_caught_up_for_at_most_the_cap() -> None:
-    clock = FakeClock()
+    clock = SimClock(100.0)
     robot = SimRobot(clock=clock, max_catch_up_s=0.5)
     clock.advance(2.0)
     robot.read_state(RobotState())
@@ -327,7 +315,7 @@ def test_a_long_stall_is_caught_up_for_at_most_the_cap() -> None:
 
 
 def test_stop_brakes_and_holds_and_the_next_servo_resumes() -> None:
-    clock = FakeClock()
+    clock = SimClock(100.0)
     robot = SimRobot(clock=clock)
     _ramp(robot, clock, 0.2, 1.0)
     q_rest = _stopping_point(robot)
@@ -347,7 +335,7 @@ def test_repeated_stops_leave_an_arm_held_against_the_table_where_it_is() -> Non
     safeguard stop, close). Each stop used to re-aim the hold at the measured pose, so an arm
     pressed into the table rose out of its contact deflection a little per stop and read as
     moving (CI: 3e-3 rad/s after an MCU trip)."""
-    clock = FakeClock()
+    clock = SimClock(100.0)
     robot = SimRobot(clock=clock)
     pressed = HOME + np.array([0.0, 0.6, 0.6, 0.0, 0.0, 0.0])  # the flange into the table
     _servo_for(robot, clock, 1.5, pressed)
@@ -365,7 +353,7 @@ def test_repeated_stops_leave_an_arm_held_against_the_table_where_it_is() -> Non
 
 
 def test_protective_stop_halts_ignores_servo_and_refuses_an_early_unlock() -> None:
-    clock = FakeClock()
+    clock = SimClock(100.0)
     robot = SimRobot(clock=clock, unlock_delay_s=0.5)
     assert SimRobot(clock=clock).unlock_delay_s == 5.0  # UR's dashboard default
     _ramp(robot, clock, 0.2, 1.0)
@@ -389,7 +377,7 @@ def test_protective_stop_halts_ignores_servo_and_refuses_an_early_unlock() -> No
 
 
 def test_disconnect_raises_and_reconnect_restores() -> None:
-    clock = FakeClock()
+    clock = SimClock(100.0)
     robot = SimRobot(clock=clock)
     robot.servo(HOME + AWAY, 1.0)
     robot.inject_disconnect()
@@ -421,7 +409,7 @@ def test_disconnect_with_a_watchdog_halts_the_arm_when_it_expires() -> None:
 
 
 def test_enable_input_low_is_a_safeguard_stop_that_resumes_by_itself() -> None:
-    clock = FakeClock()
+    clock = SimClock(100.0)
     robot = SimRobot(clock=clock)
     _ramp(robot, clock, 0.2, 1.0)
     q_rest = _stopping_point(robot)
@@ -441,7 +429,7 @@ def test_enable_input_low_is_a_safeguard_stop_that_resumes_by_itself() -> None:
 
 
 def test_a_nan_setpoint_stops_the_program_instead_of_the_physics() -> None:
-    clock = FakeClock()
+    clock = SimClock(100.0)
     robot = SimRobot(clock=clock)
     bad = HOME.copy()
     bad[2] = math.nan
@@ -551,7 +539,7 @@ def _status(mcu: SafetyMcu) -> McuStatus:
 
 
 def test_mcu_drops_enable_without_host_heartbeats_and_needs_a_new_request() -> None:
-    clock = FakeClock()
+    clock = SimClock(100.0)
     mcu = SimSafetyMcu(host_timeout_s=0.1, clock=clock)
     mcu.heartbeat(clock())
     assert not _status(mcu).enable  # heartbeats alone: nobody asked for enable
@@ -570,7 +558,7 @@ def test_mcu_drops_enable_without_host_heartbeats_and_needs_a_new_request() -> N
 
 
 def test_mcu_estop_latches_until_released_reset_and_rearmed() -> None:
-    clock = FakeClock()
+    clock = SimClock(100.0)
     mcu = SimSafetyMcu(clock=clock)
     mcu.heartbeat(clock())
     mcu.arm()
@@ -596,7 +584,7 @@ def test_mcu_estop_latches_until_released_reset_and_rearmed() -> None:
 
 
 def test_mcu_fault_cancels_enable_until_cleared_and_rearmed() -> None:
-    clock = FakeClock()
+    clock = SimClock(100.0)
     mcu = SimSafetyMcu(clock=clock)
     mcu.heartbeat(clock())
     mcu.arm()
@@ -611,7 +599,7 @@ def test_mcu_fault_cancels_enable_until_cleared_and_rearmed() -> None:
 
 
 def test_mcu_heartbeat_ticks_at_100_hz_and_freezes_when_silent() -> None:
-    clock = FakeClock()
+    clock = SimClock(100.0)
     mcu = SimSafetyMcu(clock=clock)
     mcu.heartbeat(clock())
     mcu.arm()
