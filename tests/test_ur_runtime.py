@@ -50,8 +50,9 @@ def ur_config(bundle: Path):
         # it at 10 Hz for that). Here the emulator is a process on the same two cores as the
         # SCHED_FIFO control process and the policy: starved of CPU, it was seen to judge a kick
         # gap over 100 ms that the control process never made. 2 Hz keeps it armed.
-        # Likewise its data packages were seen to arrive up to ~0.2 s late under that load: the
-        # stale-state trip (0.1 s by default) is judged at 0.5 s here, and tested with 1.5 s.
+        # A starved emulator sends its data packages late by the same token, so the stale-state
+        # trip (0.1 s by default, meant for a real controller) is judged at 0.5 s here, and
+        # tested with packages 1.5 s late.
         "watchdog": {"robot_watchdog_min_hz": 2.0, "robot_state_max_age_s": 0.5},
     }
     return config_from_dict(raw, "test")
