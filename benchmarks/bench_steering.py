@@ -2,16 +2,16 @@
 in the asked direction, by how much, and at what cost in success?
 
   python benchmarks/bench_steering.py --checkpoint checkpoints/touch-tiny-paced \
-      --calibration out/demos-calib [--episodes 50] [--direction pace]
+      --calibration out/demos-calib [--episodes 50] [--directions pace-expert,pace]
 
 Exports the checkpoint with its steering directions (found on the calibration demonstrations)
-and one candidate per plan, then runs System 2 alone (steering acts on the prefix, which only
-System 2 reads) on the same held-out episodes (same seeds, same sampling noise per seed) with
-the plain instruction at alpha 0 (the baseline) and at each alpha, and, for reference, with the
-pace word written into the instruction ("... slowly", "... quickly") at alpha 0: what the words
-themselves do, which steering tries to reach without them. The commanded speed is the mean
-joint speed of the first four steps of every chosen chunk over all plans. Prints a table,
-writes JSON to benchmarks/results/.
+and one candidate per plan, then runs System 2 alone (steering acts on the prefix or the action
+expert, which only System 2 runs) on the same held-out episodes (same seeds, same sampling
+noise per seed) with the plain instruction at alpha 0 (the baseline) and at each alpha of each
+direction, and, for reference, with the pace word written into the instruction ("... slowly",
+"... quickly") at alpha 0: what the words themselves do, which steering tries to reach without
+them. The commanded speed is the mean joint speed of the first four steps of every chosen chunk
+over all plans. Prints a table, writes JSON to benchmarks/results/.
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", default=str(ROOT / "checkpoints" / "touch-tiny-paced"))
     parser.add_argument("--calibration", required=True, metavar="DEMOS")
-    parser.add_argument("--direction", default="pace")
-    parser.add_argument("--alphas", default="-2,-1,1,2")
+    parser.add_argument("--directions", default="pace-expert,pace")
+    parser.add_argument("--alphas", default="-1,-0.5,0.5,1")
     parser.add_argument("--episodes", type=int, default=50)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--words", default="slowly,quickly", help="reference rows, '' for none")
@@ -65,17 +65,19 @@ def main() -> int:
             "1",
         )
         manifest = load_bundle(bundle).manifest
-        names = [d.name for d in manifest.optimizations.steering]
-        if args.direction not in names:
-            console.print(f"[red]the bundle has directions {names}, not {args.direction!r}")
+        sites = {d.name: d.site for d in manifest.optimizations.steering}
+        directions = [d for d in args.directions.split(",") if d]
+        missing = [d for d in directions if d not in sites]
+        if missing:
+            console.print(f"[red]the bundle has directions {sorted(sites)}, not {missing}")
             return 1
         step_s = manifest.action_space.step_period_s
-        # System 1 off: steering acts on the prefix, which only System 2 reads; the commanded
-        # speed is that of the plans System 2 chose.
+        # System 1 off: steering acts on System 2's graphs; the commanded speed is that of the
+        # plans System 2 chose.
         settings = replace(EpisodeSettings(), system1_enabled=False)
         rows: dict[str, dict] = {}
         runs = [("plain, alpha 0", {}, "")]
-        runs += [(f"plain, alpha {a:+g}", {args.direction: a}, "") for a in alphas]
+        runs += [(f"{d}, alpha {a:+g}", {d: a}, "") for d in directions for a in alphas]
         runs += [(f"'{w}', alpha 0", {}, w) for w in args.words.split(",") if w]
         for name, steer, suffix in runs:
             start = time.perf_counter()
@@ -103,7 +105,7 @@ def main() -> int:
                 f"{summary['success_rate']:.0%} success"
             )
     base = rows["plain, alpha 0"]
-    table = Table(title=f"steering along '{args.direction}', {args.episodes} held-out episodes")
+    table = Table(title=f"steering along {directions}, {args.episodes} held-out episodes")
     for col in ("run", "commanded speed", "vs alpha 0", "success", "Δ success (95 % CI)"):
         table.add_column(col)
     for name, row in rows.items():
@@ -126,7 +128,7 @@ def main() -> int:
         "machine": machine(),
         "libraries": library_versions(),
         "checkpoint": args.checkpoint,
-        "direction": args.direction,
+        "directions": {d: sites[d] for d in directions},
         "episodes": args.episodes,
         "seeds": [seeds[0], seeds[-1]],
         "rows": rows,

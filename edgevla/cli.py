@@ -85,6 +85,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             if args.steering:
                 from edgevla.export.steering import (
                     pace_direction,
+                    pace_expert_direction,
                     speed_direction,
                     trained_on_paces,
                 )
@@ -94,6 +95,10 @@ def cmd_export(args: argparse.Namespace) -> int:
                 if trained_on_paces(policy):
                     status.update("finding steering direction 'pace'")
                     steering.append(pace_direction(policy, demos))
+                    status.update("finding steering direction 'pace-expert'")
+                    steering.append(
+                        pace_expert_direction(policy, demos, steps=options.denoise_steps)
+                    )
         manifest = export_bundle(
             policy,
             Path(args.out),
@@ -258,7 +263,9 @@ def _optimization_lines(m) -> list[str]:
     if r.action_reuse_max:
         lines.append(f"action reuse: up to {r.action_reuse_max} plans skipped in a row")
     for d in o.steering:
-        lines.append(f"steering direction '{d.name}' ({d.calibration_rows} calibration rows)")
+        lines.append(
+            f"steering direction '{d.name}' at the {d.site} ({d.calibration_rows} calibration rows)"
+        )
     return lines or ["no pruning, caching or reuse"]
 
 

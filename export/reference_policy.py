@@ -35,7 +35,10 @@ def torch_plan(
     start_times: np.ndarray,
     steps: int,
     cache_every: int = 1,
+    expert_bias: np.ndarray | None = None,
 ) -> TorchPlan:
+    """System 2 in PyTorch as `runtime.system2.plan` runs it; `expert_bias` [H, E] is added to
+    the expert blocks' output (steering at the expert's site)."""
     k, v, mask, summary, _, _ = model.encode_prefix(*to_torch(inputs))
     starts = torch.from_numpy(start_times)
     x = torch.from_numpy(noise).clone()
@@ -45,6 +48,9 @@ def torch_plan(
         t = starts * (1.0 - i / steps)
         if i % cache_every == 0 or residual is None:
             velocity, residual = model.expert_step(k, v, mask, x, t)
+            if expert_bias is not None:
+                residual = residual + torch.from_numpy(expert_bias)
+                velocity = model.expert_velocity_cached(x, t, residual)
         else:
             velocity = model.expert_velocity_cached(x, t, residual)
         x -= dt[:, None, None] * velocity

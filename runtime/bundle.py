@@ -334,16 +334,27 @@ def _check_token_options(manifest_path: Path, manifest: Manifest, cfg: ModelConf
     names = [d.name for d in o.steering]
     if len(set(names)) != len(names):
         raise BundleSchemaError(manifest_path, "optimizations.steering", f"repeated names {names}")
-    want = (cfg.n_layers, cfg.d_model)
+    wants = {
+        "prefix": ((cfg.n_layers, cfg.d_model), ("layers", "d_model")),
+        "expert": ((cfg.chunk_len, cfg.expert_width), ("chunk_len", "expert_width")),
+    }
     for i, direction in enumerate(o.steering):
+        if direction.site not in wants:
+            raise BundleSchemaError(
+                manifest_path,
+                f"optimizations.steering[{i}].site ({direction.name})",
+                f"{direction.site!r}; this runtime knows {sorted(wants)}",
+            )
+        want, names = wants[direction.site]
         vectors = direction.vectors
         shape = (len(vectors), *{len(row) for row in vectors})
         if shape != want:
             raise BundleShapeMismatch(
                 manifest_path,
                 f"optimizations.steering[{i}].vectors ({direction.name})",
-                f"is {len(vectors)} rows of lengths {sorted({len(r) for r in vectors})}; the "
-                f"model needs {want[0]} (layers) of {want[1]} (d_model)",
+                f"is {len(vectors)} rows of lengths {sorted({len(r) for r in vectors})}; a "
+                f"{direction.site} direction needs {want[0]} ({names[0]}) of {want[1]} "
+                f"({names[1]})",
             )
         if not all(math.isfinite(x) for row in vectors for x in row):
             raise BundleSchemaError(

@@ -18,7 +18,9 @@ from edgevla.runtime.errors import InvalidSetting
 # 5: the prefix graphs take `keep_mask` and `steer_bias` (activation steering) and return
 # `kept_tokens`; `optimizations` gains token pruning, token reuse (the `prefix_reuse` graph) and
 # steering directions; `reuse` holds the runtime's token- and action-reuse settings.
-SCHEMA_VERSION = 5
+# 6: a steering direction names its `site`: the prefix's residual stream (as in 5) or the action
+# expert's, added to what the expert's blocks return before its final norm.
+SCHEMA_VERSION = 6
 MANIFEST_NAME = "manifest.json"
 
 
@@ -154,16 +156,24 @@ class TokenReuse(_Strict):
     visual_tokens: int
 
 
+STEERING_SITES = ("prefix", "expert")
+
+
 class SteeringDirection(_Strict):
-    """A named direction in the prefix's residual stream; `--steer NAME=ALPHA` adds
-    alpha · vectors[l] to the input of prefix layer l."""
+    """A named direction in a residual stream; `--steer NAME=ALPHA` adds alpha · vectors.
+
+    site "prefix": vectors [layers][d_model], row l added to the input of prefix layer l.
+    site "expert": vectors [chunk_len][expert_width], row h added to action token h's residual
+    after the action expert's last block (before its final norm), on every Euler step.
+    """
 
     name: str
     method: str  # how it was found, in words
-    vectors: list[list[float]]  # [layers][d_model]
+    vectors: list[list[float]]
     calibration_rows: int
     # The contrast's own measure on the calibration rows (e.g. mean speed of each group).
     contrast: dict[str, float]
+    site: str = "prefix"
 
 
 class Optimizations(_Strict):

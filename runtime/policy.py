@@ -146,7 +146,14 @@ class DualSystemPolicy:
         starts = system2.candidate_start_times(s.candidates, s.start_time_min, s.start_time_max)
         reuse = memory.token_reuse_request(inputs.images[0])
         result = system2.plan(
-            self.backend, inputs, noise, starts, s.denoise_steps, s.expert_cache_every, reuse
+            self.backend,
+            inputs,
+            noise,
+            starts,
+            s.denoise_steps,
+            s.expert_cache_every,
+            reuse,
+            self.steering.expert_bias,
         )
         chunk = self.normalizer.unnormalize_actions(result.chunk)
         memory.record(inputs.images[0], obs.t_s, chunk, result, reuse)

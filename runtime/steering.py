@@ -1,9 +1,15 @@
-"""Activation steering: what the prefix graphs' `keep_mask` and `steer_bias` inputs carry.
+"""Activation steering: what the prefix graphs' `keep_mask` and `steer_bias` inputs carry, and
+the bias System 2 adds to the action expert's residual.
 
 Every prefix graph takes, per decoder layer, a scale for each FFN neuron (`keep_mask`, 1 keeps
 the neuron) and a bias added to the residual stream entering the layer (`steer_bias`). The
 neutral values (ones, zeros) leave the model exactly as exported. A bundle may carry named
 directions (`optimizations.steering`); `--steer NAME=ALPHA` adds alpha times a direction.
+
+A direction at site "expert" is added to what the action expert's blocks return (`expert_step`'s
+`residual` output) and the velocity is taken through `expert_cached`, which reads exactly that
+sum; no graph needs another input. Without such a direction, or at alpha 0, System 2 runs as
+it does unsteered, bit for bit.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ from edgevla.runtime.model_config import ModelConfig
 class SteeringInputs:
     keep_mask: np.ndarray  # float32 [layers, ffn_dim]
     steer_bias: np.ndarray  # float32 [layers, d_model]
+    # float32 [chunk_len, expert_width] added to the action expert's residual; None: unsteered.
+    expert_bias: np.ndarray | None = None
 
 
 def neutral(cfg: ModelConfig) -> SteeringInputs:
@@ -59,13 +67,20 @@ def steering_inputs(
         have = sorted(by_name) or "none"
         raise InvalidSetting("steer", f"unknown direction(s) {unknown}; this bundle has {have}")
     inputs = neutral(cfg)
+    expert = np.zeros((cfg.chunk_len, cfg.expert_width), dtype=np.float32)
     for name, alpha in alphas.items():
-        vectors = np.asarray(by_name[name].vectors, dtype=np.float32)
-        if vectors.shape != inputs.steer_bias.shape:
+        direction = by_name[name]
+        target = {"prefix": inputs.steer_bias, "expert": expert}.get(direction.site)
+        if target is None:
+            raise InvalidSetting(f"steer.{name}", f"unknown site {direction.site!r}")
+        vectors = np.asarray(direction.vectors, dtype=np.float32)
+        if vectors.shape != target.shape:
             raise InvalidSetting(
                 f"steer.{name}",
-                f"direction is {list(vectors.shape)}, the model needs "
-                f"{list(inputs.steer_bias.shape)}",
+                f"{direction.site} direction is {list(vectors.shape)}, the model needs "
+                f"{list(target.shape)}",
             )
-        inputs.steer_bias[...] += np.float32(alpha) * vectors
-    return inputs
+        target += np.float32(alpha) * vectors
+    if not expert.any():
+        return inputs
+    return SteeringInputs(inputs.keep_mask, inputs.steer_bias, expert)

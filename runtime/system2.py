@@ -147,12 +147,16 @@ def denoise_candidates(
     start_times: np.ndarray,
     steps: int,
     cache_every: int = 1,
+    expert_bias: np.ndarray | None = None,
 ) -> np.ndarray:
     """Integrate each candidate from its start time to t = 0 in `steps` Euler steps.
 
     With `cache_every` k > 1 the action expert's attention and MLP blocks run on steps 0, k,
     2k, …; the steps in between run `expert_cached`, which recomputes only the action tokens'
     input for this step and adds the blocks' output cached at the last full step.
+
+    `expert_bias` [H, E] (activation steering at the expert's site) is added to the blocks'
+    output on every step, and every velocity then comes from `expert_cached` on that sum.
     """
     x = noise.astype(np.float32, copy=True)
     dt = (start_times / steps).astype(np.float32)
@@ -171,12 +175,16 @@ def denoise_candidates(
         else:
             graph, feeds = "expert_cached", {"noisy_actions": x, "time": t, "residual": residual}
         out = backend.run(graph, feeds)
+        if graph == "expert_step":
+            residual = out["residual"]
+            if expert_bias is not None:
+                residual = residual + expert_bias
+                graph = "expert_cached"
+                out = backend.run(graph, {"noisy_actions": x, "time": t, "residual": residual})
         velocity = out["velocity"]
         require_finite(
             graph, "velocity", velocity, f", Euler step {k + 1} of {steps}", "candidates"
         )
-        if graph == "expert_step":
-            residual = out["residual"]
         x -= dt[:, None, None] * velocity.astype(np.float32)
     return x
 
@@ -189,12 +197,15 @@ def plan(
     steps: int,
     cache_every: int = 1,
     reuse: ReuseRequest | None = None,
+    expert_bias: np.ndarray | None = None,
 ) -> PlanResult:
     """One System 2 plan: prefix once, N candidates batched over it, value-selected."""
     t0 = time.perf_counter()
     prefix = encode_prefix(backend, inputs, reuse)
     t1 = time.perf_counter()
-    candidates = denoise_candidates(backend, prefix, noise, start_times, steps, cache_every)
+    candidates = denoise_candidates(
+        backend, prefix, noise, start_times, steps, cache_every, expert_bias
+    )
     t2 = time.perf_counter()
     scored = backend.run("value", {"value_summary": prefix.value_summary, "actions": candidates})
     t3 = time.perf_counter()

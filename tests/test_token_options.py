@@ -15,9 +15,11 @@ import torch
 
 from edgevla.export.bundle_writer import ExportOptions, export_bundle
 from edgevla.export.checkpoint import ReferencePolicy
+from edgevla.export.reference_policy import torch_plan
 from edgevla.export.steering import (
     chunk_speed,
     pace_direction,
+    pace_expert_direction,
     speed_direction,
     trained_on_paces,
 )
@@ -37,7 +39,7 @@ from edgevla.runtime.reuse import (
     reanchor,
     shared_step_change,
 )
-from edgevla.runtime.steering import neutral, parse_steer
+from edgevla.runtime.steering import neutral, parse_steer, steering_inputs
 from edgevla.sim.demos import DemoSet
 
 KEEP, RECOMPUTE = 32, 32
@@ -71,10 +73,14 @@ def kept_bundle(tiny_policy: ReferencePolicy, tmp_path_factory: pytest.TempPathF
 
 @pytest.fixture(scope="module")
 def reuse_bundle(tiny_policy: ReferencePolicy, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Token reuse, action reuse allowed, and a `speed` steering direction."""
+    """Token reuse, action reuse allowed, and the `speed` (prefix) and `pace-expert` (action
+    expert) steering directions."""
     out = tmp_path_factory.mktemp("tokens") / "reuse"
     options = ExportOptions(reuse_tokens=RECOMPUTE, action_reuse_max=1, parity_observations=3)
-    steering = [speed_direction(tiny_policy, _demos())]
+    steering = [
+        speed_direction(tiny_policy, _demos()),
+        pace_expert_direction(tiny_policy, _demos()),
+    ]
     export_bundle(tiny_policy, out, options, steering=steering)
     return out
 
@@ -303,7 +309,8 @@ def test_action_reuse_in_a_policy_reanchors_the_last_plan(reuse_bundle: Path) ->
 def test_steering_at_alpha_zero_is_bit_identical(reuse_bundle: Path) -> None:
     bundle = load_bundle(reuse_bundle)
     plain = DualSystemPolicy(bundle).with_reuse(action_reuse_max=0)
-    zero = plain.with_steering({"speed": 0.0})
+    zero = plain.with_steering({"speed": 0.0, "pace-expert": 0.0})
+    assert zero.steering.expert_bias is None
     for i in range(3):
         a = plain.plan(_obs(i, None), np.random.default_rng(i))
         b = zero.plan(_obs(i, None), np.random.default_rng(i))
@@ -313,8 +320,8 @@ def test_steering_at_alpha_zero_is_bit_identical(reuse_bundle: Path) -> None:
 
 def test_steering_changes_the_plan_and_unknown_names_are_refused(reuse_bundle: Path) -> None:
     bundle = load_bundle(reuse_bundle)
-    (direction,) = bundle.manifest.optimizations.steering
-    assert direction.name == "speed" and direction.calibration_rows == 30
+    direction, _ = bundle.manifest.optimizations.steering
+    assert (direction.name, direction.site, direction.calibration_rows) == ("speed", "prefix", 30)
     assert direction.contrast["fast_mean_rad_s"] > direction.contrast["slow_mean_rad_s"]
     plain = DualSystemPolicy(bundle).with_reuse(action_reuse_max=0)
     steered = plain.with_steering({"speed": 3.0})
@@ -340,6 +347,71 @@ def test_keep_mask_ones_leave_the_prefix_unchanged_and_zeros_do_not(tiny_policy)
     cut = model.encode_prefix(*feeds, torch.from_numpy(off), torch.from_numpy(steer.steer_bias))
     assert torch.equal(plain[0][0], cut[0][0])  # layer 0's cache is computed before layer 1
     assert not torch.allclose(plain[3], cut[3])
+
+
+@pytest.mark.parametrize("cache_every", [1, 3])
+def test_expert_steering_runs_as_the_reference_and_leaves_the_prefix_alone(
+    reuse_bundle: Path, tiny_policy: ReferencePolicy, cache_every: int
+) -> None:
+    """A direction at the expert's site is added to the blocks' output on every Euler step,
+    cached steps included, exactly as the PyTorch model does it; the prefix is not steered."""
+    bundle = load_bundle(reuse_bundle)
+    _, direction = bundle.manifest.optimizations.steering
+    assert (direction.name, direction.site) == ("pace-expert", "expert")
+    policy = DualSystemPolicy(bundle)
+    steering = steering_inputs(
+        bundle.model, bundle.manifest.optimizations.steering, {"pace-expert": 40.0}
+    )
+    assert steering.expert_bias is not None and steering.expert_bias.shape == (8, 32)
+    assert not steering.steer_bias.any() and (steering.keep_mask == 1).all()
+    inputs = policy.prefix_inputs(_obs(0, None))
+    noise = system2.sample_noise(np.random.default_rng(0), (5, 8, 7))
+    starts = system2.candidate_start_times(5, 0.6, 1.0)
+    plain = system2.plan(policy.backend, inputs, noise, starts, 6, cache_every)
+    steered = system2.plan(
+        policy.backend, inputs, noise, starts, 6, cache_every, expert_bias=steering.expert_bias
+    )
+    reference = torch_plan(
+        tiny_policy.model, inputs, noise, starts, 6, cache_every, steering.expert_bias
+    )
+    np.testing.assert_allclose(steered.candidates, reference.candidates, atol=1e-4)
+    assert np.abs(steered.candidates - plain.candidates).max() > 1e-2
+    np.testing.assert_array_equal(steered.token_scores, plain.token_scores)
+
+
+def test_the_pace_expert_direction_contrasts_the_words_at_the_expert(
+    tiny_policy: ReferencePolicy,
+) -> None:
+    plain = _demos()
+    paced = dataclasses.replace(plain, instructions=["touch the red cube quickly"])
+    a, b = pace_expert_direction(tiny_policy, plain), pace_expert_direction(tiny_policy, paced)
+    assert a.site == "expert"
+    vectors = np.asarray(a.vectors)
+    assert vectors.shape == (tiny_policy.config.chunk_len, tiny_policy.config.expert_width)
+    assert np.abs(vectors).max() > 0
+    np.testing.assert_array_equal(vectors, np.asarray(b.vectors))
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "match"),
+    [
+        ({"site": "value_head"}, BundleSchemaError, "this runtime knows"),
+        ({"vectors": [[0.0] * 32] * 7}, BundleShapeMismatch, "8 \\(chunk_len\\)"),
+        ({"vectors": [[0.0] * 64] * 8}, BundleShapeMismatch, "expert_width"),
+        ({"site": "prefix"}, BundleShapeMismatch, "d_model"),
+    ],
+)
+def test_a_steering_direction_that_does_not_fit_its_site_is_refused(
+    reuse_bundle: Path, tmp_path: Path, change: dict, error: type, match: str
+) -> None:
+    copy = tmp_path / "bundle"
+    shutil.copytree(reuse_bundle, copy)
+    path = copy / MANIFEST_NAME
+    manifest = json.loads(path.read_text())
+    manifest["optimizations"]["steering"][1].update(change)
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(error, match=match):
+        load_bundle(copy)
 
 
 @pytest.mark.parametrize("item", ["speed", "speed=", "=1", "speed=fast", "speed=nan"])
