@@ -46,8 +46,14 @@ def main() -> int:
     parser.add_argument("--episodes", type=int, default=50)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--words", default="slowly,quickly", help="reference rows, '' for none")
+    parser.add_argument(
+        "--timeout-s",
+        type=float,
+        default=EpisodeSettings().timeout_s,
+        help="episode timeout (a slower arm needs longer: this tells slow from failing)",
+    )
     args = parser.parse_args()
-    console = Console()
+    console = Console(width=140)
     alphas = [float(a) for a in args.alphas.split(",") if a]
     seeds = held_out_seeds(0, args.episodes)
     with tempfile.TemporaryDirectory(prefix="edgevla-steer-") as tmp:
@@ -74,7 +80,7 @@ def main() -> int:
         step_s = manifest.action_space.step_period_s
         # System 1 off: steering acts on System 2's graphs; the commanded speed is that of the
         # plans System 2 chose.
-        settings = replace(EpisodeSettings(), system1_enabled=False)
+        settings = replace(EpisodeSettings(), system1_enabled=False, timeout_s=args.timeout_s)
         rows: dict[str, dict] = {}
         runs = [("plain, alpha 0", {}, "")]
         runs += [(f"{d}, alpha {a:+g}", {d: a}, "") for d in directions for a in alphas]
@@ -98,6 +104,7 @@ def main() -> int:
                 "success_rate": summary["success_rate"],
                 "successes": summary["successes"],
                 "time_to_success_s": summary["time_to_success_s"],
+                "outcomes": summary["outcomes"],
                 "wall_s": time.perf_counter() - start,
             }
             console.print(
@@ -105,8 +112,12 @@ def main() -> int:
                 f"{summary['success_rate']:.0%} success"
             )
     base = rows["plain, alpha 0"]
-    table = Table(title=f"steering along {directions}, {args.episodes} held-out episodes")
-    for col in ("run", "commanded speed", "vs alpha 0", "success", "Δ success (95 % CI)"):
+    table = Table(
+        title=f"steering along {directions}, {args.episodes} held-out episodes, "
+        f"{args.timeout_s:g} s timeout"
+    )
+    columns = ("run", "commanded speed", "vs alpha 0", "success", "Δ success (95 % CI)", "outcomes")
+    for col in columns:
         table.add_column(col)
     for name, row in rows.items():
         ratio = row["commanded_speed_rad_s"] / base["commanded_speed_rad_s"]
@@ -119,6 +130,7 @@ def main() -> int:
             f"{ratio:.2f}×",
             f"{row['success_rate']:.0%}",
             "—" if row is base else f"{100 * d:+.0f} pp ({100 * lo:+.0f} to {100 * hi:+.0f})",
+            ", ".join(f"{k} {v}" for k, v in sorted(row["outcomes"].items())),
         )
     console.print(table)
     record = {
@@ -130,6 +142,7 @@ def main() -> int:
         "checkpoint": args.checkpoint,
         "directions": {d: sites[d] for d in directions},
         "episodes": args.episodes,
+        "timeout_s": args.timeout_s,
         "seeds": [seeds[0], seeds[-1]],
         "rows": rows,
     }
