@@ -3,6 +3,7 @@ logger restored after every test."""
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from collections.abc import Callable, Iterator
@@ -14,6 +15,7 @@ import pytest
 from edgevla.export.bundle_writer import ExportOptions, export_bundle
 from edgevla.export.checkpoint import ReferencePolicy, init_policy
 from edgevla.export.configs import get_config
+from edgevla.runtime.manifest import MANIFEST_NAME
 
 TINY_SEED = 7
 CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "touch-tiny"
@@ -92,6 +94,23 @@ def bundle_copy(tiny_bundle: Path, tmp_path: Path) -> Path:
     dest = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, dest)
     return dest
+
+
+@pytest.fixture
+def edited_bundle(tmp_path: Path) -> Callable[[Path, Callable[[dict], object]], Path]:
+    """`edited_bundle(src, edit)`: a private copy of bundle `src` whose manifest (a dict) `edit`
+    has changed in place."""
+
+    def make(src: Path, edit: Callable[[dict], object]) -> Path:
+        dest = tmp_path / "edited"
+        shutil.copytree(src, dest)
+        path = dest / MANIFEST_NAME
+        manifest = json.loads(path.read_text())
+        edit(manifest)
+        path.write_text(json.dumps(manifest))
+        return dest
+
+    return make
 
 
 def _first_frames(seed: int, size: int) -> np.ndarray:

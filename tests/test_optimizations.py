@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,6 @@ from edgevla.export.pruning import (
 )
 from edgevla.runtime.bundle import load_bundle
 from edgevla.runtime.errors import BundleSchemaError, BundleShapeMismatch, InvalidSetting
-from edgevla.runtime.manifest import MANIFEST_NAME
 from edgevla.runtime.policy import DualSystemPolicy, Observation
 
 # Three layers so that a cut can keep more than one.
@@ -133,16 +131,11 @@ def test_an_unpruned_bundle_records_no_pruning(tiny_bundle: Path) -> None:
     ],
 )
 def test_a_pruning_record_that_does_not_fit_the_model_is_refused(
-    pruned_bundle: Path, tmp_path: Path, change: tuple, error: type, field: str
+    pruned_bundle: Path, edited_bundle, change: tuple, error: type, field: str
 ) -> None:
-    import shutil
-
-    copy = tmp_path / "bundle"
-    shutil.copytree(pruned_bundle, copy)
-    path = copy / MANIFEST_NAME
-    manifest = json.loads(path.read_text())
-    manifest["optimizations"]["layer_pruning"][change[0]] = change[1]
-    path.write_text(json.dumps(manifest))
+    copy = edited_bundle(
+        pruned_bundle, lambda m: m["optimizations"]["layer_pruning"].update([change])
+    )
     with pytest.raises(error) as info:
         load_bundle(copy)
     assert info.value.field == f"optimizations.layer_pruning.{field}"

@@ -5,8 +5,6 @@ steering at alpha 0 is bit-identical to no steering."""
 from __future__ import annotations
 
 import dataclasses
-import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +28,7 @@ from edgevla.runtime.errors import (
     BundleShapeMismatch,
     InvalidSetting,
 )
-from edgevla.runtime.manifest import MANIFEST_NAME, Reuse
+from edgevla.runtime.manifest import Reuse
 from edgevla.runtime.policy import DualSystemPolicy, Observation
 from edgevla.runtime.reuse import (
     PlanMemory,
@@ -150,14 +148,11 @@ def _prefix_feeds(policy: ReferencePolicy) -> list[np.ndarray]:
     ],
 )
 def test_a_token_pruning_record_that_does_not_fit_is_refused(
-    kept_bundle: Path, tmp_path: Path, field: str, value: object, error: type
+    kept_bundle: Path, edited_bundle, field: str, value: object, error: type
 ) -> None:
-    copy = tmp_path / "bundle"
-    shutil.copytree(kept_bundle, copy)
-    path = copy / MANIFEST_NAME
-    manifest = json.loads(path.read_text())
-    manifest["optimizations"]["token_pruning"][field] = value
-    path.write_text(json.dumps(manifest))
+    copy = edited_bundle(
+        kept_bundle, lambda m: m["optimizations"]["token_pruning"].update({field: value})
+    )
     with pytest.raises(error):
         load_bundle(copy)
 
@@ -402,14 +397,9 @@ def test_the_pace_expert_direction_contrasts_the_words_at_the_expert(
     ],
 )
 def test_a_steering_direction_that_does_not_fit_its_site_is_refused(
-    reuse_bundle: Path, tmp_path: Path, change: dict, error: type, match: str
+    reuse_bundle: Path, edited_bundle, change: dict, error: type, match: str
 ) -> None:
-    copy = tmp_path / "bundle"
-    shutil.copytree(reuse_bundle, copy)
-    path = copy / MANIFEST_NAME
-    manifest = json.loads(path.read_text())
-    manifest["optimizations"]["steering"][1].update(change)
-    path.write_text(json.dumps(manifest))
+    copy = edited_bundle(reuse_bundle, lambda m: m["optimizations"]["steering"][1].update(change))
     with pytest.raises(error, match=match):
         load_bundle(copy)
 
@@ -422,16 +412,13 @@ def test_malformed_steer_is_refused(item: str) -> None:
 
 
 def test_a_steering_direction_of_the_wrong_width_is_refused(
-    reuse_bundle: Path, tmp_path: Path
+    reuse_bundle: Path, edited_bundle
 ) -> None:
-    copy = tmp_path / "bundle"
-    shutil.copytree(reuse_bundle, copy)
-    path = copy / MANIFEST_NAME
-    manifest = json.loads(path.read_text())
-    manifest["optimizations"]["steering"][0]["vectors"][0] = [0.0] * 3
-    path.write_text(json.dumps(manifest))
+    def narrow_row(manifest: dict) -> None:
+        manifest["optimizations"]["steering"][0]["vectors"][0] = [0.0] * 3
+
     with pytest.raises(BundleShapeMismatch, match="d_model"):
-        load_bundle(copy)
+        load_bundle(edited_bundle(reuse_bundle, narrow_row))
 
 
 def test_chunk_speed_is_the_commanded_joint_speed() -> None:
