@@ -188,6 +188,8 @@ def cmd_train_policy(args: argparse.Namespace) -> int:
         batch_size=args.batch_size or TrainConfig.batch_size,
         seed=args.seed,
         image_shift_px=args.image_shift_px,
+        prune_keep_tokens=args.prune_keep_tokens,
+        **({"prune_share": args.prune_share} if args.prune_share is not None else {}),
         **({"lr": args.lr} if args.lr else {}),
         **({"system1_steps": args.system1_steps} if args.system1_steps else {}),
         **(
@@ -589,6 +591,19 @@ def register(sub, add, group) -> None:
     p.add_argument("--steps", type=int, metavar="N", help="optimizer steps (default: TrainConfig)")
     p.add_argument("--lr", type=float, metavar="LR", help="peak learning rate (default 1e-3)")
     p.add_argument("--system1-steps", type=int, metavar="N", help="System 1 steps (default 4000)")
+    p.add_argument(
+        "--prune-keep-tokens",
+        type=int,
+        metavar="K",
+        help="pruning-aware training: some steps see only the selector's top K visual tokens, "
+        "as a bundle exported with --keep-tokens K runs",
+    )
+    p.add_argument(
+        "--prune-share",
+        type=float,
+        metavar="F",
+        help="share of System 2's steps trained pruned (default 0.5)",
+    )
     p.add_argument("--batch-size", type=int, metavar="B")
     p.add_argument("--seed", type=int, default=0, help="initialisation and batch order")
     p.add_argument(

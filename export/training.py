@@ -97,6 +97,11 @@ class TrainConfig:
     # without, 0.012 with ±2 px).
     image_shift_px: int = 0  # random shift per camera, edges replicated; 0 = off
     state_noise_std: float = 0.0  # Gaussian noise on the normalized state; 0 = off
+    # Pruning-aware training: on a `prune_share` of System 2's steps the prefix keeps only the
+    # selector's top `prune_keep_tokens` visual tokens, as a bundle exported with
+    # `--keep-tokens K` runs it (no grounding loss on those steps: it labels every token).
+    prune_keep_tokens: int | None = None
+    prune_share: float = 0.5
     # Held-out episodes, scored every eval_interval steps with the runtime's sampling.
     val_fraction: float = 0.1
     eval_interval: int = 2000
@@ -140,6 +145,8 @@ class TrainConfig:
             ("probe_layer", self.probe_layer >= 0, "must be >= 0"),
             ("image_shift_px", self.image_shift_px >= 0, "must be >= 0"),
             ("state_noise_std", self.state_noise_std >= 0.0, "must be >= 0"),
+            ("prune_keep_tokens", (self.prune_keep_tokens or 1) >= 1, "must be >= 1"),
+            ("prune_share", 0.0 <= self.prune_share <= 1.0, "must be in [0, 1]"),
             ("val_fraction", 0.0 <= self.val_fraction < 1.0, "must be in [0, 1)"),
             ("value_weight_decay", self.value_weight_decay >= 0.0, "must be >= 0"),
             ("value_holdout_fraction", 0.0 <= self.value_holdout_fraction < 1.0, "in [0, 1)"),
@@ -687,6 +694,15 @@ def train_policy(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed + 0x9E0)
             probe = GroundingProbe(model.cfg.d_model, grounding.target_xy)
+    pruned = None
+    if cfg.prune_keep_tokens is not None:
+        if cfg.prune_keep_tokens > model.cfg.num_visual_tokens:
+            raise InvalidSetting(
+                "TrainConfig.prune_keep_tokens",
+                f"{cfg.prune_keep_tokens} but the model has {model.cfg.num_visual_tokens} "
+                f"visual tokens",
+            )
+        pruned = model.with_token_pruning(cfg.prune_keep_tokens)  # the same weights
     rows = _rows(policy, demos, norm, grounding)
     units = _System1Units.of(norm)
     rng = np.random.default_rng(cfg.seed)
@@ -701,10 +717,16 @@ def train_policy(
 
     if on_stage is not None:
         on_stage("system2")
+
+    def system2_losses(idx: np.ndarray) -> dict[str, Tensor]:
+        if pruned is not None and torch.rand((), generator=gen).item() < cfg.prune_share:
+            return _system2_losses(pruned, rows.take(idx), cfg, gen, None)
+        return _system2_losses(model, rows.take(idx), cfg, gen, probe)
+
     fit = _fit(
         model,
         _System2(model, probe),
-        lambda idx: _system2_losses(model, rows.take(idx), cfg, gen, probe),
+        system2_losses,
         _Batches(train_idx, cfg.batch_size, rng),
         cfg.steps,
         cfg,

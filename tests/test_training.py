@@ -400,3 +400,29 @@ def test_train_policy_can_fine_tune_a_checkpoint(trained, tmp_path) -> None:
     assert "system1" in changed and "critics" not in changed and len(changed) > 2
     assert after.origin["fine_tuned_from"]["checkpoint"] == str(tmp_path / "ckpt")
     assert after.origin["behaviour_cloning"]["config"]["lr"] == 1e-4
+
+
+def test_pruning_aware_training_plans_from_the_kept_tokens(trained, demos: DemoSet) -> None:
+    """`prune_keep_tokens`: the steps drawn for pruning run the prefix on the selector's top K
+    visual tokens. With K = all tokens they match unpruned training; with K = 4 they do not."""
+
+    def system2_losses(keep: int, share: float) -> list[float]:
+        losses: list[float] = []
+        stages: list[str] = []
+
+        def record(step: int, total: int, report: dict[str, float]) -> None:
+            if "loss" in report and stages[-1] == "system2":
+                losses.append(report["loss"])
+
+        cfg = dataclasses.replace(QUICK, steps=3, prune_keep_tokens=keep, prune_share=share)
+        train_policy(trained[1], demos, cfg, record, on_stage=stages.append)
+        return losses
+
+    visual = trained[1].config.num_visual_tokens
+    unpruned = system2_losses(visual, 0.0)
+    np.testing.assert_allclose(system2_losses(visual, 1.0), unpruned, rtol=1e-4)
+    assert not np.allclose(system2_losses(4, 1.0), unpruned, rtol=1e-3)
+    with pytest.raises(InvalidSetting, match="prune_keep_tokens"):
+        train_policy(trained[1], demos, dataclasses.replace(QUICK, prune_keep_tokens=visual + 1))
+    with pytest.raises(InvalidSetting, match="prune_share"):
+        dataclasses.replace(QUICK, prune_share=1.5).validate()
