@@ -145,7 +145,11 @@ class TrainConfig:
             ("probe_layer", self.probe_layer >= 0, "must be >= 0"),
             ("image_shift_px", self.image_shift_px >= 0, "must be >= 0"),
             ("state_noise_std", self.state_noise_std >= 0.0, "must be >= 0"),
-            ("prune_keep_tokens", (self.prune_keep_tokens or 1) >= 1, "must be >= 1"),
+            (
+                "prune_keep_tokens",
+                self.prune_keep_tokens is None or self.prune_keep_tokens >= 1,
+                "must be >= 1",
+            ),
             ("prune_share", 0.0 <= self.prune_share <= 1.0, "must be in [0, 1]"),
             ("val_fraction", 0.0 <= self.val_fraction < 1.0, "must be in [0, 1)"),
             ("value_weight_decay", self.value_weight_decay >= 0.0, "must be >= 0"),

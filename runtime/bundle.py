@@ -44,6 +44,7 @@ from edgevla.runtime.parity_thresholds import (
     looser_than_exporter,
     output_passes,
 )
+from edgevla.runtime.steering import site_shapes
 from edgevla.runtime.tokenizer import vocabulary_problem
 
 _HASH_BLOCK = 1 << 20
@@ -334,10 +335,7 @@ def _check_token_options(manifest_path: Path, manifest: Manifest, cfg: ModelConf
     names = [d.name for d in o.steering]
     if len(set(names)) != len(names):
         raise BundleSchemaError(manifest_path, "optimizations.steering", f"repeated names {names}")
-    wants = {
-        "prefix": ((cfg.n_layers, cfg.d_model), ("layers", "d_model")),
-        "expert": ((cfg.chunk_len, cfg.expert_width), ("chunk_len", "expert_width")),
-    }
+    wants = site_shapes(cfg)
     for i, direction in enumerate(o.steering):
         if direction.site not in wants:
             raise BundleSchemaError(

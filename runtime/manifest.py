@@ -156,9 +156,6 @@ class TokenReuse(_Strict):
     visual_tokens: int
 
 
-STEERING_SITES = ("prefix", "expert")
-
-
 class SteeringDirection(_Strict):
     """A named direction in a residual stream; `--steer NAME=ALPHA` adds alpha · vectors.
 

@@ -33,6 +33,14 @@ class SteeringInputs:
     expert_bias: np.ndarray | None = None
 
 
+def site_shapes(cfg: ModelConfig) -> dict[str, tuple[tuple[int, int], tuple[str, str]]]:
+    """Each steering site's vector shape for `cfg`, and what its two axes are."""
+    return {
+        "prefix": ((cfg.n_layers, cfg.d_model), ("layers", "d_model")),
+        "expert": ((cfg.chunk_len, cfg.expert_width), ("chunk_len", "expert_width")),
+    }
+
+
 def neutral(cfg: ModelConfig) -> SteeringInputs:
     return SteeringInputs(
         keep_mask=np.ones((cfg.n_layers, cfg.ffn_dim), dtype=np.float32),
@@ -67,10 +75,11 @@ def steering_inputs(
         have = sorted(by_name) or "none"
         raise InvalidSetting("steer", f"unknown direction(s) {unknown}; this bundle has {have}")
     inputs = neutral(cfg)
-    expert = np.zeros((cfg.chunk_len, cfg.expert_width), dtype=np.float32)
+    expert = np.zeros(site_shapes(cfg)["expert"][0], dtype=np.float32)
+    targets = {"prefix": inputs.steer_bias, "expert": expert}
     for name, alpha in alphas.items():
         direction = by_name[name]
-        target = {"prefix": inputs.steer_bias, "expert": expert}.get(direction.site)
+        target = targets.get(direction.site)
         if target is None:
             raise InvalidSetting(f"steer.{name}", f"unknown site {direction.site!r}")
         vectors = np.asarray(direction.vectors, dtype=np.float32)

@@ -424,5 +424,7 @@ def test_pruning_aware_training_plans_from_the_kept_tokens(trained, demos: DemoS
     assert not np.allclose(system2_losses(4, 1.0), unpruned, rtol=1e-3)
     with pytest.raises(InvalidSetting, match="prune_keep_tokens"):
         train_policy(trained[1], demos, dataclasses.replace(QUICK, prune_keep_tokens=visual + 1))
+    with pytest.raises(InvalidSetting, match="prune_keep_tokens"):
+        dataclasses.replace(QUICK, prune_keep_tokens=0).validate()
     with pytest.raises(InvalidSetting, match="prune_share"):
         dataclasses.replace(QUICK, prune_share=1.5).validate()
