@@ -57,7 +57,7 @@ class Technique:
     # `edgevla export` flags (another bundle); "{half}" and "{quarter}" stand for that share of
     # the model's visual tokens.
     export: tuple[str, ...] = ()
-    sampling: tuple[tuple[str, int], ...] = ()  # sampling overrides of that bundle
+    sampling: tuple[tuple[str, object], ...] = ()  # sampling overrides of that bundle
     reuse: tuple[tuple[str, float], ...] = ()  # reuse overrides of that bundle
 
 
@@ -66,12 +66,19 @@ LOOSE_ACTION_REUSE = (
     ("action_max_change_rad", 0.1),
     ("action_min_overlap", 0.5),
 )
+SCHEDULE_4 = (("expert_full_steps", (0, 4, 7, 9)), ("expert_cache_extrapolation", "linear"))
+SCHEDULE_3 = (("expert_full_steps", (0, 6, 9)), ("expert_cache_extrapolation", "linear"))
 # The baseline first.
 TECHNIQUES: dict[str, Technique] = {
     "baseline": Technique(),
     "expert cache k=2": Technique(sampling=(("expert_cache_every", 2),)),
     "expert cache k=3": Technique(sampling=(("expert_cache_every", 3),)),
     "expert cache k=5": Technique(sampling=(("expert_cache_every", 5),)),
+    # Schedules chosen by open-loop fidelity on training-seed expert episodes (docs/benchmarks.md):
+    # the blocks' output changes most near t = 0, so the full steps sit late, and a skipped step
+    # extrapolates the last two.
+    "expert cache 0,4,7,9 linear": Technique(sampling=SCHEDULE_4),
+    "expert cache 0,6,9 linear": Technique(sampling=SCHEDULE_3),
     "prune auto": Technique(export=("--prune-layers", "auto")),
     "prune 1 layer (forced)": Technique(
         export=("--prune-layers", "1", "--prune-min-cosine", "0.01")

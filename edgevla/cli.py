@@ -13,6 +13,7 @@ from pathlib import Path
 from rich.markup import escape
 from rich.table import Table
 
+from edgevla.cli_learning import step_list
 from edgevla.console import err, out
 from edgevla.log import setup_logging
 from edgevla.runtime.errors import EdgeVlaError, InvalidSetting
@@ -60,6 +61,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         candidates=args.candidates,
         denoise_steps=args.denoise_steps,
         expert_cache_every=args.expert_cache_every,
+        expert_full_steps=args.expert_full_steps,
+        expert_cache_extrapolation=args.expert_cache_extrapolation,
         prune_layers=args.prune_layers,
         prune_min_cosine=args.prune_min_cosine,
         keep_tokens=args.keep_tokens,
@@ -241,6 +244,8 @@ def cmd_bundle_info(args: argparse.Namespace) -> int:
 
 def _optimization_lines(m) -> list[str]:
     """What the bundle was pruned and cached with, and its reuse defaults, in words."""
+    from edgevla.runtime.expert_cache import ExpertSchedule
+
     o, r, s = m.optimizations, m.reuse, m.sampling
     lines = []
     if o.layer_pruning is not None:
@@ -257,9 +262,9 @@ def _optimization_lines(m) -> list[str]:
             f"token reuse: {o.token_reuse.recompute_tokens} of {o.token_reuse.visual_tokens} "
             f"visual tokens recomputed, a full prefix every {r.token_refresh_every} plans"
         )
-    if s.expert_cache_every > 1:
-        k = s.expert_cache_every
-        lines.append(f"action-expert caching: blocks run on Euler steps 0, {k}, {2 * k}, …")
+    schedule = ExpertSchedule.from_sampling(s)
+    if len(schedule.full_steps) < s.denoise_steps:
+        lines.append(f"action-expert caching: blocks run on {schedule.describe(s.denoise_steps)}")
     if r.action_reuse_max:
         lines.append(f"action reuse: up to {r.action_reuse_max} plans skipped in a row")
     for d in o.steering:
@@ -507,6 +512,20 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="k",
         help="run the action expert's blocks on every k-th Euler step only and reuse their "
         "output in between (EfficientVLA action-head caching; 1: off)",
+    )
+    p.add_argument(
+        "--expert-full-steps",
+        type=step_list,
+        metavar="0,A,B,…",
+        help="action-expert caching by schedule: the 0-based Euler steps that run the "
+        "expert's blocks (instead of --expert-cache-every)",
+    )
+    p.add_argument(
+        "--expert-cache-extrapolation",
+        choices=("hold", "linear"),
+        default="hold",
+        help="what a cached Euler step uses: the last computed blocks' output, or the line "
+        "through the last two (default: hold)",
     )
     p.add_argument(
         "--prune-layers",

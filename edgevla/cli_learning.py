@@ -19,6 +19,24 @@ from rich.table import Table
 
 from edgevla.runtime.errors import ConfigError
 
+
+def _setting(value: object) -> str:
+    """A setting as typed: 0.25, 3, linear, 0,4,7,9."""
+    if isinstance(value, list | tuple):
+        return ",".join(str(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def step_list(text: str) -> tuple[int, ...]:
+    """'0,4,7,9' → (0, 4, 7, 9); the order and range are checked with the sampling settings."""
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated step numbers such as 0,4,7,9, got {text!r}"
+        ) from None
+
+
 # TrainConfig.s1_theta, kept here so `--help` does not import torch.
 TRAIN_S1_THETA = 0.5
 
@@ -444,11 +462,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
             f"{len(settings.cameras)}"
         )
     seeds = split_seeds(args.split, args.seed, args.episodes)
-    sampling: dict[str, float] = {}
+    sampling: dict[str, object] = {}
     if args.s1_theta is not None:
         sampling["s1_theta"] = args.s1_theta
     if args.expert_cache_every is not None:
         sampling["expert_cache_every"] = args.expert_cache_every
+    if args.expert_full_steps is not None:
+        sampling["expert_full_steps"] = list(args.expert_full_steps)
+    if args.expert_cache_extrapolation is not None:
+        sampling["expert_cache_extrapolation"] = args.expert_cache_extrapolation
     if sampling:
         # Refuse a bad override before any worker starts.
         from edgevla.runtime.manifest import validate_sampling
@@ -470,7 +492,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     label = (
         f"N={bundle.candidates} "
         f"{'System 2 + System 1' if settings.system1_enabled else 'System 2 only'}"
-        + "".join(f" {key}={value:g}" for key, value in {**sampling, **reuse}.items())
+        + "".join(f" {key}={_setting(value)}" for key, value in {**sampling, **reuse}.items())
         + "".join(f" steer {key}={value:g}" for key, value in steer.items())
     )
     with _progress(err) as progress:
@@ -681,6 +703,18 @@ def register(sub, add, group) -> None:
         type=int,
         metavar="k",
         help="action-expert caching: its blocks on every k-th Euler step (default: bundle's)",
+    )
+    p.add_argument(
+        "--expert-full-steps",
+        type=step_list,
+        metavar="0,A,B,…",
+        help="action-expert caching by schedule: the Euler steps that run its blocks "
+        "(default: bundle's)",
+    )
+    p.add_argument(
+        "--expert-cache-extrapolation",
+        choices=("hold", "linear"),
+        help="what a cached Euler step uses (default: bundle's)",
     )
     p.add_argument(
         "--action-reuse-max",

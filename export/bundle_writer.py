@@ -83,6 +83,9 @@ class ExportOptions:
     # noise; 0.25 gives System 1 room to correct at no measured cost (docs/benchmarks.md).
     s1_theta: float = 0.25
     expert_cache_every: int = 1  # 1: the action expert's blocks run at every Euler step
+    # Or an explicit schedule of the steps that run them, and what cached steps use between.
+    expert_full_steps: tuple[int, ...] | None = None
+    expert_cache_extrapolation: str = "hold"
     # Layer pruning (export/pruning.py): a count of prefix layers to remove, "auto" for the
     # deepest cut whose plans keep `prune_min_cosine` against the unpruned model, 0 for none.
     prune_layers: int | str = 0
@@ -145,6 +148,10 @@ class ExportOptions:
             s1_steps=self.s1_steps,
             s1_theta=self.s1_theta,
             expert_cache_every=self.expert_cache_every,
+            expert_full_steps=None
+            if self.expert_full_steps is None
+            else list(self.expert_full_steps),
+            expert_cache_extrapolation=self.expert_cache_extrapolation,
         )
 
 

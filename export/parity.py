@@ -20,6 +20,7 @@ from edgevla.export.reference_policy import torch_plan, torch_react
 from edgevla.runtime import system1, system2
 from edgevla.runtime.backend import InferenceBackend
 from edgevla.runtime.errors import EdgeVlaError, NonFiniteOutput
+from edgevla.runtime.expert_cache import ExpertSchedule
 from edgevla.runtime.manifest import ChoiceParity, OutputParity, ParityReport, Sampling
 from edgevla.runtime.model_config import GRAPH_NAMES
 from edgevla.runtime.normalization import Normalizer
@@ -244,10 +245,10 @@ def run_parity_gate(
 
         # Whole plan and reaction, through the runtime's own functions.
         noise = system2.sample_noise(rng, (n, h, a), sampling.noise_temperature)
-        steps, every = sampling.denoise_steps, sampling.expert_cache_every
-        ref_plan = torch_plan(model, inputs, noise, starts, steps, every)
+        steps, schedule = sampling.denoise_steps, ExpertSchedule.from_sampling(sampling)
+        ref_plan = torch_plan(model, inputs, noise, starts, steps, schedule)
         try:
-            got_plan = system2.plan(backend, inputs, noise, starts, steps, every)
+            got_plan = system2.plan(backend, inputs, noise, starts, steps, schedule)
         except NonFiniteOutput as exc:
             raise ParityError(f"parity gate failed at {precision}; plan: {exc}") from exc
         tally.add("plan", "candidates", ref_plan.candidates, got_plan.candidates)

@@ -26,6 +26,7 @@ from edgevla.export.reference import DualSystemVLA
 from edgevla.export.reference_policy import torch_plan
 from edgevla.runtime import system2
 from edgevla.runtime.errors import InvalidSetting
+from edgevla.runtime.expert_cache import ExpertSchedule
 from edgevla.runtime.manifest import LayerPruning, Sampling
 
 DEFAULT_MIN_COSINE = 0.98
@@ -101,9 +102,9 @@ def plan_fidelity(
         noise = system2.sample_noise(
             rng, (n, cfg.chunk_len, cfg.action_dim), sampling.noise_temperature
         )
-        steps, every = sampling.denoise_steps, sampling.expert_cache_every
-        a = torch_plan(reference, inputs, noise, starts, steps, every).candidates.ravel()
-        b = torch_plan(candidate, inputs, noise, starts, steps, every).candidates.ravel()
+        steps, schedule = sampling.denoise_steps, ExpertSchedule.from_sampling(sampling)
+        a = torch_plan(reference, inputs, noise, starts, steps, schedule).candidates.ravel()
+        b = torch_plan(candidate, inputs, noise, starts, steps, schedule).candidates.ravel()
         a, b = a.astype(np.float64), b.astype(np.float64)
         worst = min(worst, float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))))
     return worst

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from edgevla.export.reference import DualSystemVLA
+from edgevla.runtime.expert_cache import ExpertSchedule, ResidualCache
 from edgevla.runtime.system2 import PrefixInputs
 
 
@@ -34,7 +35,7 @@ def torch_plan(
     noise: np.ndarray,
     start_times: np.ndarray,
     steps: int,
-    cache_every: int = 1,
+    schedule: ExpertSchedule | None = None,
     expert_bias: np.ndarray | None = None,
 ) -> TorchPlan:
     """System 2 in PyTorch as `runtime.system2.plan` runs it; `expert_bias` [H, E] is added to
@@ -43,15 +44,19 @@ def torch_plan(
     starts = torch.from_numpy(start_times)
     x = torch.from_numpy(noise).clone()
     dt = starts / steps
-    residual = None
+    bias = None if expert_bias is None else torch.from_numpy(expert_bias)
+    cache = ResidualCache(schedule or ExpertSchedule.every(1, steps))
     for i in range(steps):
         t = starts * (1.0 - i / steps)
-        if i % cache_every == 0 or residual is None:
+        if cache.must_compute(i):
             velocity, residual = model.expert_step(k, v, mask, x, t)
-            if expert_bias is not None:
-                residual = residual + torch.from_numpy(expert_bias)
-                velocity = model.expert_velocity_cached(x, t, residual)
+            cache.record(i, residual)
+            if bias is not None:
+                velocity = model.expert_velocity_cached(x, t, residual + bias)
         else:
+            residual = cache.estimate(i)
+            if bias is not None:
+                residual = residual + bias
             velocity = model.expert_velocity_cached(x, t, residual)
         x -= dt[:, None, None] * velocity
     q, q_critics = model.value(summary, x)

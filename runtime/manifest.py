@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -20,7 +21,9 @@ from edgevla.runtime.errors import InvalidSetting
 # steering directions; `reuse` holds the runtime's token- and action-reuse settings.
 # 6: a steering direction names its `site`: the prefix's residual stream (as in 5) or the action
 # expert's, added to what the expert's blocks return before its final norm.
-SCHEMA_VERSION = 6
+# 7: action-expert caching by an explicit schedule (`sampling.expert_full_steps`) and with
+# linear extrapolation of the cached output (`sampling.expert_cache_extrapolation`).
+SCHEMA_VERSION = 7
 MANIFEST_NAME = "manifest.json"
 
 
@@ -92,6 +95,11 @@ class Sampling(_Strict):
     # Recompute the action expert's blocks on every k-th Euler step and reuse their summed
     # output in between (EfficientVLA's action-head caching); 1 recomputes every step.
     expert_cache_every: int
+    # Or the 0-based Euler steps on which the blocks run, 0 first (then expert_cache_every is 1).
+    expert_full_steps: list[int] | None = None
+    # What a cached step uses: "hold" the last computed output, or "linear", the line through
+    # the last two (runtime/expert_cache.py).
+    expert_cache_extrapolation: str = "hold"
 
 
 def validate_sampling(sampling: Sampling, where: str = "sampling") -> None:
@@ -125,6 +133,28 @@ def validate_sampling(sampling: Sampling, where: str = "sampling") -> None:
     for field, ok, rule in rules:
         if not ok:
             raise InvalidSetting(f"{where}.{field}", f"{getattr(s, field)!r} {rule}")
+    if s.expert_cache_extrapolation not in ("hold", "linear"):
+        raise InvalidSetting(
+            f"{where}.expert_cache_extrapolation",
+            f"{s.expert_cache_extrapolation!r} is not 'hold' or 'linear'",
+        )
+    steps = s.expert_full_steps
+    if steps is not None:
+        field = f"{where}.expert_full_steps"
+        if not all(isinstance(k, int) and not isinstance(k, bool) for k in steps):
+            raise InvalidSetting(field, f"{steps!r} must be integers")
+        if not steps or steps[0] != 0:
+            raise InvalidSetting(field, f"{steps!r} must start with step 0")
+        if any(b <= a for a, b in itertools.pairwise(steps)):
+            raise InvalidSetting(field, f"{steps!r} must be strictly increasing")
+        if steps[-1] >= s.denoise_steps:
+            raise InvalidSetting(
+                field, f"{steps!r}: steps are 0 … {s.denoise_steps - 1} (denoise_steps)"
+            )
+        if s.expert_cache_every != 1:
+            raise InvalidSetting(
+                field, "an explicit schedule replaces expert_cache_every, which must then be 1"
+            )
 
 
 class LayerPruning(_Strict):

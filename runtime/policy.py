@@ -17,6 +17,7 @@ from edgevla.runtime import system1, system2
 from edgevla.runtime.backend import BackendConfig, InferenceBackend, OnnxRuntimeBackend
 from edgevla.runtime.bundle import Bundle, load_bundle, verify_files
 from edgevla.runtime.errors import InferenceInputError, InvalidSetting
+from edgevla.runtime.expert_cache import ExpertSchedule
 from edgevla.runtime.manifest import Reuse, Sampling, validate_reuse, validate_sampling
 from edgevla.runtime.normalization import Normalizer
 from edgevla.runtime.reuse import PlanMemory
@@ -151,7 +152,7 @@ class DualSystemPolicy:
             noise,
             starts,
             s.denoise_steps,
-            s.expert_cache_every,
+            ExpertSchedule.from_sampling(s),
             reuse,
             self.steering.expert_bias,
         )

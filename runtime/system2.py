@@ -17,6 +17,7 @@ import numpy as np
 
 from edgevla.runtime.backend import InferenceBackend
 from edgevla.runtime.errors import NonFiniteOutput
+from edgevla.runtime.expert_cache import ExpertSchedule, ResidualCache
 
 
 @dataclass(frozen=True)
@@ -146,41 +147,47 @@ def denoise_candidates(
     noise: np.ndarray,
     start_times: np.ndarray,
     steps: int,
-    cache_every: int = 1,
+    schedule: ExpertSchedule | None = None,
     expert_bias: np.ndarray | None = None,
 ) -> np.ndarray:
     """Integrate each candidate from its start time to t = 0 in `steps` Euler steps.
 
-    With `cache_every` k > 1 the action expert's attention and MLP blocks run on steps 0, k,
-    2k, …; the steps in between run `expert_cached`, which recomputes only the action tokens'
-    input for this step and adds the blocks' output cached at the last full step.
+    The action expert's attention and MLP blocks run on the `schedule`'s steps (default: all);
+    a step in between runs `expert_cached`, which recomputes only the action tokens' input for
+    this step and adds the cache's estimate of the blocks' output (runtime/expert_cache.py).
 
     `expert_bias` [H, E] (activation steering at the expert's site) is added to the blocks'
     output on every step, and every velocity then comes from `expert_cached` on that sum.
     """
     x = noise.astype(np.float32, copy=True)
     dt = (start_times / steps).astype(np.float32)
-    residual: np.ndarray | None = None
+    cache = ResidualCache(schedule or ExpertSchedule.every(1, steps))
     for k in range(steps):
         t = (start_times * (1.0 - k / steps)).astype(np.float32)
-        if k % cache_every == 0 or residual is None:
+        if cache.must_compute(k):
             graph = "expert_step"
-            feeds = {
-                "prefix_k": prefix.k,
-                "prefix_v": prefix.v,
-                "prefix_mask": prefix.mask,
-                "noisy_actions": x,
-                "time": t,
-            }
+            out = backend.run(
+                graph,
+                {
+                    "prefix_k": prefix.k,
+                    "prefix_v": prefix.v,
+                    "prefix_mask": prefix.mask,
+                    "noisy_actions": x,
+                    "time": t,
+                },
+            )
+            # The cache keeps the blocks' own output; steering is added on every step.
+            cache.record(k, out["residual"])
+            if expert_bias is not None:
+                graph = "expert_cached"
+                residual = out["residual"] + expert_bias
+                out = backend.run(graph, {"noisy_actions": x, "time": t, "residual": residual})
         else:
-            graph, feeds = "expert_cached", {"noisy_actions": x, "time": t, "residual": residual}
-        out = backend.run(graph, feeds)
-        if graph == "expert_step":
-            residual = out["residual"]
+            graph = "expert_cached"
+            residual = cache.estimate(k)
             if expert_bias is not None:
                 residual = residual + expert_bias
-                graph = "expert_cached"
-                out = backend.run(graph, {"noisy_actions": x, "time": t, "residual": residual})
+            out = backend.run(graph, {"noisy_actions": x, "time": t, "residual": residual})
         velocity = out["velocity"]
         require_finite(
             graph, "velocity", velocity, f", Euler step {k + 1} of {steps}", "candidates"
@@ -195,7 +202,7 @@ def plan(
     noise: np.ndarray,
     start_times: np.ndarray,
     steps: int,
-    cache_every: int = 1,
+    schedule: ExpertSchedule | None = None,
     reuse: ReuseRequest | None = None,
     expert_bias: np.ndarray | None = None,
 ) -> PlanResult:
@@ -204,7 +211,7 @@ def plan(
     prefix = encode_prefix(backend, inputs, reuse)
     t1 = time.perf_counter()
     candidates = denoise_candidates(
-        backend, prefix, noise, start_times, steps, cache_every, expert_bias
+        backend, prefix, noise, start_times, steps, schedule, expert_bias
     )
     t2 = time.perf_counter()
     scored = backend.run("value", {"value_summary": prefix.value_summary, "actions": candidates})

@@ -79,7 +79,7 @@ class _RunSpec:
     settings: EpisodeSettings
     choice: str
     record_every: int
-    sampling: tuple[tuple[str, float], ...] = ()
+    sampling: tuple[tuple[str, Any], ...] = ()
     keep_events: bool = False
     reuse: tuple[tuple[str, float], ...] = ()
     steer: tuple[tuple[str, float], ...] = ()
@@ -140,7 +140,7 @@ def run_policy_episodes(
     choice: str = "value",
     workers: int = 1,
     record_every: int = 0,
-    sampling: dict[str, float] | None = None,
+    sampling: dict[str, Any] | None = None,
     on_episode: Callable[[EpisodeResult], None] | None = None,
     keep_events: bool = False,
     reuse: dict[str, float] | None = None,

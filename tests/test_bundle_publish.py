@@ -65,6 +65,8 @@ def test_overwrite_refuses_to_replace_what_is_not_a_bundle(
         ({"s1_theta": 1.5}, "ExportOptions.s1_theta"),
         ({"precision": "int8"}, "ExportOptions.precision"),
         ({"parity_observations": 0}, "ExportOptions.parity_observations"),
+        ({"expert_full_steps": (0, 12)}, "ExportOptions.expert_full_steps"),
+        ({"expert_cache_extrapolation": "cubic"}, "ExportOptions.expert_cache_extrapolation"),
     ],
 )
 def test_invalid_options_are_refused_before_any_work(

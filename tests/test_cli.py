@@ -311,6 +311,45 @@ def test_checkpoint_init_then_export_verifies(
     assert bundle.manifest.export_options["origin"]["seed"] == 3
 
 
+def test_export_with_an_expert_schedule_records_it_and_passes_parity(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The parity gate plans through the schedule (ONNX against PyTorch, both extrapolating),
+    the manifest carries it, the runtime and `bundle info` read it back."""
+    out_dir = tmp_path / "bundle"
+    code, out, _ = run(
+        capsys,
+        *("export", "--config", "tiny", "--out", out_dir, "--candidates", "3"),
+        *("--parity-observations", "1", "--expert-full-steps", "0,4,7,9"),
+        *("--expert-cache-extrapolation", "linear"),
+    )
+    assert code == 0, out
+    sampling = load_bundle(out_dir).manifest.sampling
+    assert sampling.expert_full_steps == [0, 4, 7, 9]
+    assert sampling.expert_cache_extrapolation == "linear"
+    code, out, _ = run(capsys, "bundle", "info", out_dir)
+    assert code == 0
+    assert "action-expert caching: blocks run on Euler steps 0, 4, 7, 9 of 10 (linear in" in out
+
+
+def test_export_refuses_a_bad_expert_schedule_by_name(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    err = usage_error(
+        capsys, "export", "--config", "tiny", "--out", tmp_path / "b", "--expert-full-steps", "0,x"
+    )
+    assert "expected comma-separated step numbers such as 0,4,7,9, got '0,x'" in err
+    code, _, err = run(
+        capsys,
+        *("export", "--config", "tiny", "--out", tmp_path / "b"),
+        *("--expert-full-steps", "0,4", "--expert-cache-every", "2"),
+    )
+    assert code != 0
+    words = "ExportOptions.expert_full_steps: an explicit schedule replaces expert_cache_every"
+    assert words in err
+    assert not (tmp_path / "b").exists()
+
+
 # ----------------------------------------------------------------------------- model info
 
 

@@ -186,6 +186,14 @@ def test_sampling_must_fit_the_graphs(policy: DualSystemPolicy) -> None:
         ({"noise_temperature": 0.0}, "sampling.noise_temperature: 0.0 must be > 0"),
         ({"noise_temperature": float("nan")}, "sampling.noise_temperature: nan must be a finite"),
         ({"denoise_steps": 2.5}, "sampling.denoise_steps: 2.5 must be an integer"),
+        ({"expert_full_steps": [1, 4]}, "sampling.expert_full_steps: .* must start with step 0"),
+        ({"expert_full_steps": [0, 4, 4]}, "sampling.expert_full_steps: .* strictly increasing"),
+        ({"expert_full_steps": [0, 10]}, r"sampling.expert_full_steps: .* steps are 0 … 9"),
+        ({"expert_full_steps": []}, "sampling.expert_full_steps: .* must start with step 0"),
+        (
+            {"expert_cache_extrapolation": "cubic"},
+            "sampling.expert_cache_extrapolation: 'cubic' is not 'hold' or 'linear'",
+        ),
     ],
 )
 def test_sampling_overrides_are_checked_like_the_bundles(
@@ -408,6 +416,53 @@ def test_expert_caching_runs_the_blocks_on_every_kth_step(
         a, b = plan.result.candidates.ravel(), exact.result.candidates.ravel()
         assert not np.array_equal(a, b)
         assert a @ b / (np.linalg.norm(a) * np.linalg.norm(b)) > 0.9
+
+
+class GraphOrder(CountingBackend):
+    """The sequence of graphs a plan runs."""
+
+    def __init__(self, inner: OnnxRuntimeBackend) -> None:
+        super().__init__(inner)
+        self.order: list[str] = []
+
+    def run(self, graph: str, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.order.append(graph)
+        return super().run(graph, feeds)
+
+
+@pytest.mark.parametrize("extrapolation", ["hold", "linear"])
+def test_an_expert_schedule_runs_the_blocks_on_its_steps_only(
+    policy: DualSystemPolicy, extrapolation: str
+) -> None:
+    order = GraphOrder(policy.backend)
+    scheduled = DualSystemPolicy(policy.bundle, order).with_sampling(
+        expert_full_steps=[0, 4, 7, 9], expert_cache_extrapolation=extrapolation
+    )
+    plan = scheduled.plan(observation(policy), np.random.default_rng(0))
+    steps = [g for g in order.order if g.startswith("expert")]
+    assert [k for k, g in enumerate(steps) if g == "expert_step"] == [0, 4, 7, 9]
+    assert len(steps) == 10
+    exact = policy.plan(observation(policy), np.random.default_rng(0))
+    a, b = plan.result.candidates.ravel(), exact.result.candidates.ravel()
+    assert not np.array_equal(a, b)
+    assert a @ b / (np.linalg.norm(a) * np.linalg.norm(b)) > 0.9
+
+
+def test_linear_extrapolation_changes_only_steps_after_two_computed_ones(
+    policy: DualSystemPolicy,
+) -> None:
+    """Steps 1–3 have a single computed output behind them and hold it either way; steps 5, 6
+    and 8 extrapolate, so the two plans differ."""
+    hold = policy.with_sampling(expert_full_steps=[0, 4, 7, 9])
+    linear = hold.with_sampling(expert_cache_extrapolation="linear")
+    a = hold.plan(observation(policy), np.random.default_rng(0)).result.candidates
+    b = linear.plan(observation(policy), np.random.default_rng(0)).result.candidates
+    assert not np.array_equal(a, b)
+    early_hold = hold.with_sampling(denoise_steps=4, expert_full_steps=[0])
+    early_linear = early_hold.with_sampling(expert_cache_extrapolation="linear")
+    c = early_hold.plan(observation(policy), np.random.default_rng(0)).result.candidates
+    d = early_linear.plan(observation(policy), np.random.default_rng(0)).result.candidates
+    np.testing.assert_array_equal(c, d)
 
 
 def test_a_nan_from_the_cached_expert_step_is_refused(policy: DualSystemPolicy) -> None:

@@ -28,6 +28,7 @@ from edgevla.runtime.errors import (
     BundleShapeMismatch,
     InvalidSetting,
 )
+from edgevla.runtime.expert_cache import ExpertSchedule
 from edgevla.runtime.manifest import Reuse
 from edgevla.runtime.policy import DualSystemPolicy, Observation
 from edgevla.runtime.reuse import (
@@ -344,9 +345,17 @@ def test_keep_mask_ones_leave_the_prefix_unchanged_and_zeros_do_not(tiny_policy)
     assert not torch.allclose(plain[3], cut[3])
 
 
-@pytest.mark.parametrize("cache_every", [1, 3])
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        ExpertSchedule.every(1, 6),
+        ExpertSchedule.every(3, 6),
+        ExpertSchedule(frozenset({0, 2, 5}), "linear"),
+    ],
+    ids=["every step", "every 3rd", "0,2,5 linear"],
+)
 def test_expert_steering_runs_as_the_reference_and_leaves_the_prefix_alone(
-    reuse_bundle: Path, tiny_policy: ReferencePolicy, cache_every: int
+    reuse_bundle: Path, tiny_policy: ReferencePolicy, schedule: ExpertSchedule
 ) -> None:
     """A direction at the expert's site is added to the blocks' output on every Euler step,
     cached steps included, exactly as the PyTorch model does it; the prefix is not steered."""
@@ -362,12 +371,12 @@ def test_expert_steering_runs_as_the_reference_and_leaves_the_prefix_alone(
     inputs = policy.prefix_inputs(_obs(0, None))
     noise = system2.sample_noise(np.random.default_rng(0), (5, 8, 7))
     starts = system2.candidate_start_times(5, 0.6, 1.0)
-    plain = system2.plan(policy.backend, inputs, noise, starts, 6, cache_every)
+    plain = system2.plan(policy.backend, inputs, noise, starts, 6, schedule)
     steered = system2.plan(
-        policy.backend, inputs, noise, starts, 6, cache_every, expert_bias=steering.expert_bias
+        policy.backend, inputs, noise, starts, 6, schedule, expert_bias=steering.expert_bias
     )
     reference = torch_plan(
-        tiny_policy.model, inputs, noise, starts, 6, cache_every, steering.expert_bias
+        tiny_policy.model, inputs, noise, starts, 6, schedule, steering.expert_bias
     )
     np.testing.assert_allclose(steered.candidates, reference.candidates, atol=1e-4)
     assert np.abs(steered.candidates - plain.candidates).max() > 1e-2

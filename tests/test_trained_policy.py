@@ -51,6 +51,19 @@ def test_a_two_episode_evaluation_runs_from_the_command_line(
     assert sheet.stat().st_size > 10_000
 
 
+def test_an_evaluation_with_an_expert_schedule_records_it(
+    trained_bundle: Path, tmp_path: Path
+) -> None:
+    report = tmp_path / "eval.json"
+    argv = ["eval", "--bundle", str(trained_bundle), "--episodes", "1", "--workers", "1"]
+    schedule = ["--expert-full-steps", "0,4,7,9", "--expert-cache-extrapolation", "linear"]
+    assert main([*argv, *schedule, "--json", str(report)]) == 0
+    result = json.loads(report.read_text())
+    assert result["sampling"]["expert_full_steps"] == [0, 4, 7, 9]
+    assert result["sampling"]["expert_cache_extrapolation"] == "linear"
+    assert "expert_full_steps=0,4,7,9 expert_cache_extrapolation=linear" in result["configuration"]
+
+
 def test_the_exported_policy_reads_the_colour_word(trained_bundle: Path, first_frames) -> None:
     """On held-out first frames, the bundle's token selector picks a patch of the cube the
     instruction names, for every colour: the prefix graph reads the instruction. (The previous
