@@ -55,7 +55,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @dataclass(frozen=True)
 class Technique:
     # `edgevla export` flags (another bundle); "{half}" and "{quarter}" stand for that share of
-    # the model's visual tokens.
+    # the model's visual tokens ("{three_quarters}" too).
     export: tuple[str, ...] = ()
     sampling: tuple[tuple[str, object], ...] = ()  # sampling overrides of that bundle
     reuse: tuple[tuple[str, float], ...] = ()  # reuse overrides of that bundle
@@ -79,6 +79,12 @@ TECHNIQUES: dict[str, Technique] = {
     # extrapolates the last two.
     "expert cache 0,4,7,9 linear": Technique(sampling=SCHEDULE_4),
     "expert cache 0,6,9 linear": Technique(sampling=SCHEDULE_3),
+    "keep 3/4 + cache 0,4,7,9 linear": Technique(
+        export=("--keep-tokens", "{three_quarters}"), sampling=SCHEDULE_4
+    ),
+    "token reuse 1/4 + cache 0,4,7,9 linear": Technique(
+        export=("--reuse-tokens", "{quarter}"), sampling=SCHEDULE_4
+    ),
     "prune auto": Technique(export=("--prune-layers", "auto")),
     "prune 1 layer (forced)": Technique(
         export=("--prune-layers", "1", "--prune-min-cosine", "0.01")
@@ -115,7 +121,11 @@ def variant(policy: DualSystemPolicy, technique: Technique) -> DualSystemPolicy:
 
 
 def export_flags(flags: tuple[str, ...], visual_tokens: int) -> list[str]:
-    shares = {"{half}": str(visual_tokens // 2), "{quarter}": str(visual_tokens // 4)}
+    shares = {
+        "{three_quarters}": str(3 * visual_tokens // 4),
+        "{half}": str(visual_tokens // 2),
+        "{quarter}": str(visual_tokens // 4),
+    }
     return [shares.get(flag, flag) for flag in flags]
 
 
