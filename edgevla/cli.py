@@ -17,6 +17,7 @@ from edgevla.cli_learning import step_list
 from edgevla.console import err, out
 from edgevla.log import setup_logging
 from edgevla.runtime.errors import EdgeVlaError, InvalidSetting
+from edgevla.runtime.manifest import EXTRAPOLATIONS
 
 
 def _positive(text: str) -> int:
@@ -522,7 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--expert-cache-extrapolation",
-        choices=("hold", "linear"),
+        choices=EXTRAPOLATIONS,
         default="hold",
         help="what a cached Euler step uses: the last computed blocks' output, or the line "
         "through the last two (default: hold)",

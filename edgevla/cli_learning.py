@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from edgevla.runtime.errors import ConfigError
+from edgevla.runtime.manifest import EXTRAPOLATIONS
 
 
 def _setting(value: object) -> str:
@@ -713,7 +714,7 @@ def register(sub, add, group) -> None:
     )
     p.add_argument(
         "--expert-cache-extrapolation",
-        choices=("hold", "linear"),
+        choices=EXTRAPOLATIONS,
         help="what a cached Euler step uses (default: bundle's)",
     )
     p.add_argument(

@@ -21,8 +21,6 @@ from typing import Any
 
 from edgevla.runtime.manifest import Sampling
 
-EXTRAPOLATIONS = ("hold", "linear")
-
 
 @dataclass(frozen=True)
 class ExpertSchedule:

@@ -25,6 +25,8 @@ from edgevla.runtime.errors import InvalidSetting
 # linear extrapolation of the cached output (`sampling.expert_cache_extrapolation`).
 SCHEMA_VERSION = 7
 MANIFEST_NAME = "manifest.json"
+# What a skipped Euler step uses under action-expert caching (runtime/expert_cache.py).
+EXTRAPOLATIONS = ("hold", "linear")
 
 
 class _Strict(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=False):
@@ -133,7 +135,7 @@ def validate_sampling(sampling: Sampling, where: str = "sampling") -> None:
     for field, ok, rule in rules:
         if not ok:
             raise InvalidSetting(f"{where}.{field}", f"{getattr(s, field)!r} {rule}")
-    if s.expert_cache_extrapolation not in ("hold", "linear"):
+    if s.expert_cache_extrapolation not in EXTRAPOLATIONS:
         raise InvalidSetting(
             f"{where}.expert_cache_extrapolation",
             f"{s.expert_cache_extrapolation!r} is not 'hold' or 'linear'",
