@@ -17,6 +17,7 @@ from edgevla.cli_learning import step_list
 from edgevla.console import err, out
 from edgevla.log import setup_logging
 from edgevla.runtime.errors import EdgeVlaError, InvalidSetting
+from edgevla.runtime.expert_cache import ExpertSchedule
 from edgevla.runtime.manifest import EXTRAPOLATIONS
 
 
@@ -245,8 +246,6 @@ def cmd_bundle_info(args: argparse.Namespace) -> int:
 
 def _optimization_lines(m) -> list[str]:
     """What the bundle was pruned and cached with, and its reuse defaults, in words."""
-    from edgevla.runtime.expert_cache import ExpertSchedule
-
     o, r, s = m.optimizations, m.reuse, m.sampling
     lines = []
     if o.layer_pruning is not None:

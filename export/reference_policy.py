@@ -48,15 +48,15 @@ def torch_plan(
     cache = ResidualCache(schedule or ExpertSchedule.every(1, steps))
     for i in range(steps):
         t = starts * (1.0 - i / steps)
+        velocity = None
         if cache.must_compute(i):
             velocity, residual = model.expert_step(k, v, mask, x, t)
             cache.record(i, residual)
-            if bias is not None:
-                velocity = model.expert_velocity_cached(x, t, residual + bias)
         else:
             residual = cache.estimate(i)
-            if bias is not None:
-                residual = residual + bias
+        if bias is not None:
+            velocity, residual = None, residual + bias
+        if velocity is None:
             velocity = model.expert_velocity_cached(x, t, residual)
         x -= dt[:, None, None] * velocity
     q, q_critics = model.value(summary, x)

@@ -55,6 +55,7 @@ class DualSystemPolicy:
         self.bundle = bundle
         self.sampling = sampling or bundle.manifest.sampling
         validate_sampling(self.sampling)
+        self.expert_schedule = ExpertSchedule.from_sampling(self.sampling)
         self.reuse = reuse or bundle.manifest.reuse
         validate_reuse(self.reuse, bundle.model.num_visual_tokens)
         self.steer = dict(steer or {})
@@ -152,7 +153,7 @@ class DualSystemPolicy:
             noise,
             starts,
             s.denoise_steps,
-            ExpertSchedule.from_sampling(s),
+            self.expert_schedule,
             reuse,
             self.steering.expert_bias,
         )

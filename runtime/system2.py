@@ -164,29 +164,23 @@ def denoise_candidates(
     cache = ResidualCache(schedule or ExpertSchedule.every(1, steps))
     for k in range(steps):
         t = (start_times * (1.0 - k / steps)).astype(np.float32)
-        if cache.must_compute(k):
-            graph = "expert_step"
-            out = backend.run(
-                graph,
-                {
-                    "prefix_k": prefix.k,
-                    "prefix_v": prefix.v,
-                    "prefix_mask": prefix.mask,
-                    "noisy_actions": x,
-                    "time": t,
-                },
-            )
-            # The cache keeps the blocks' own output; steering is added on every step.
-            cache.record(k, out["residual"])
-            if expert_bias is not None:
-                graph = "expert_cached"
-                residual = out["residual"] + expert_bias
-                out = backend.run(graph, {"noisy_actions": x, "time": t, "residual": residual})
+        graph = "expert_step" if cache.must_compute(k) else "expert_cached"
+        if graph == "expert_step":
+            feeds = {
+                "prefix_k": prefix.k,
+                "prefix_v": prefix.v,
+                "prefix_mask": prefix.mask,
+                "noisy_actions": x,
+                "time": t,
+            }
+            out = backend.run(graph, feeds)
+            residual = out["residual"]
+            cache.record(k, residual)  # the blocks' own output: steering is added per step
         else:
-            graph = "expert_cached"
             residual = cache.estimate(k)
-            if expert_bias is not None:
-                residual = residual + expert_bias
+        if expert_bias is not None:
+            graph, residual = "expert_cached", residual + expert_bias
+        if graph == "expert_cached":
             out = backend.run(graph, {"noisy_actions": x, "time": t, "residual": residual})
         velocity = out["velocity"]
         require_finite(
